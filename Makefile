@@ -1,0 +1,30 @@
+# basicsr-unlearn: every target creates .venv on first use (torch first, then basicsr without build isolation).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: test demo bench lint clean-venv
+
+$(VENV)/.installed: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel cython numpy
+	$(PIP) install torch==2.14.1 torchvision==0.29.1
+	$(PIP) install --no-build-isolation basicsr==1.4.2
+	$(PIP) install -e .[test]
+	touch $@
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+demo: $(VENV)/.installed
+	$(PY) tools/demo.py
+
+bench: $(VENV)/.installed
+	$(PY) bench/run_all.py
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+
+clean-venv:
+	rm -rf $(VENV)
