@@ -1,0 +1,1 @@
+"""Per-degradation metrics, membership inference and report tables/plots (no dependency on models/)."""

@@ -1,0 +1,72 @@
+"""Report building blocks: markdown tables and PNG charts (matplotlib, headless)."""
+import os
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+from basicsr_unlearn.fileio import atomic_path  # noqa: E402
+
+
+def _cell(value: object, floatfmt: str) -> str:
+    if isinstance(value, float):
+        return format(value, floatfmt)
+    return '–' if value is None else str(value)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], floatfmt: str = '.2f') -> str:
+    """Render rows as a GitHub markdown table; floats use ``floatfmt``, ``None`` shows as a dash.
+
+    Example:
+        >>> print(markdown_table(['model', 'PSNR'], [['original', 30.123]]))
+        | model | PSNR |
+        |---|---|
+        | original | 30.12 |
+    """
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for row in rows:
+        if len(row) != len(header):
+            raise ValueError(f'markdown_table: row {row!r} has {len(row)} cells; header has {len(header)}')
+        lines.append('| ' + ' | '.join(_cell(v, floatfmt) for v in row) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def bar_chart(path: str | os.PathLike, groups: dict[str, dict[str, float]], ylabel: str, title: str) -> None:
+    """Grouped bar chart: one group per outer key (e.g. model), one bar per inner key (e.g. degradation)."""
+    series = list(dict.fromkeys(k for bars in groups.values() for k in bars))
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups)), 4))
+    for i, name in enumerate(series):
+        xs = [g + i * width for g in range(len(groups))]
+        ax.bar(xs, [bars.get(name, float('nan')) for bars in groups.values()], width, label=name)
+    ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], list(groups), rotation=30, ha='right')
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize='small')
+    _save(fig, path)
+
+
+def scatter_chart(path: str | os.PathLike, points: Sequence[dict], xlabel: str, ylabel: str, title: str) -> None:
+    """Scatter plot of ``points`` (dicts with ``x``, ``y``, ``label`` and optional ``group`` for colour)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for group in dict.fromkeys(p.get('group', '') for p in points):
+        sel = [p for p in points if p.get('group', '') == group]
+        ax.scatter([p['x'] for p in sel], [p['y'] for p in sel], label=group or None, s=24)
+        for p in sel:
+            ax.annotate(p['label'], (p['x'], p['y']), fontsize=6, alpha=0.7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if any(p.get('group') for p in points):
+        ax.legend(fontsize='small')
+    _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: str | os.PathLike) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format='png')
+    plt.close(fig)
