@@ -1,0 +1,268 @@
+"""AllInOneModel: the restoration model every part of the plugin builds on (an ``SRModel`` for all-in-one nets).
+
+On top of BasicSR's ``SRModel`` it adds: Adam/AdamW/SGD; L1 pixel loss when ``train.pixel_opt`` is absent; DDP on
+CPU (no ``device_ids``); ``restore(lq)`` = eval-mode inference (EMA net if present) with pad-to-multiple / crop-back
+and optional tiling; batches' ``de_name``/``role`` kept; validation PSNR/SSIM per degradation, sharded over ranks;
+atomic checkpoints of plain types; ``experiments/<name>/train_log.json`` (wall time, loss and validation curves).
+
+Subclasses (UnlearnModel, DistillModel) override :meth:`init_training_settings` and :meth:`optimize_parameters`;
+they put their summed objective in ``self.log_dict['l_total']`` (else the sum of ``l_*`` entries is logged) and
+may read ``self.last_metrics`` after a validation.
+
+Option keys read here: ``val: {val_freq, save_img, suffix, pbar, pad_multiple, tile: {size, overlap},
+test_y_channel, crop_border}``.
+"""
+import json
+import time
+from os import path as osp
+
+import torch
+import torch.nn.functional as F
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger
+from basicsr.utils.dist_util import master_only
+from basicsr.utils.registry import MODEL_REGISTRY
+from torch import nn
+from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+from basicsr_unlearn.config import check_keys
+from basicsr_unlearn.evaluation.metrics import evaluate
+from basicsr_unlearn.fileio import atomic_path, write_json
+
+VAL_KEYS = ('val_freq', 'save_img', 'suffix', 'pbar', 'pad_multiple', 'tile', 'test_y_channel', 'crop_border')
+OPTIMIZERS = {'Adam': torch.optim.Adam, 'AdamW': torch.optim.AdamW, 'SGD': torch.optim.SGD}
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
+    """Pad ``x`` ``(B, C, H, W)`` at the bottom/right to multiples of ``multiple``; returns it with the original H, W.
+
+    Reflection padding where the image is large enough, replication otherwise.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        mode = 'reflect' if ph < h and pw < w else 'replicate'
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, h, w
+
+
+def tile_starts(length: int, size: int, stride: int) -> list[int]:
+    """Start offsets of tiles of ``size`` covering ``length`` with step ``stride`` (last tile flush with the end)."""
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size, stride))
+    return starts + [length - size]
+
+
+@MODEL_REGISTRY.register()
+class AllInOneModel(SRModel):
+    """All-in-one restoration model (one network, several degradations) for BasicSR's train/test pipelines."""
+
+    def __init__(self, opt: dict) -> None:
+        check_keys(opt.get('val') or {}, VAL_KEYS, 'val')
+        self._wall_time = 0.0
+        self._mark = time.perf_counter()
+        self.current_iter = 0
+        self.last_metrics: dict = {}
+        super().__init__(opt)
+        self.train_log_path = osp.join(opt['path'].get('experiments_root', opt['path']['log']), 'train_log.json')
+        self.train_log = {'wall_time_s': 0.0, 'iter': 0, 'loss': [], 'val': []}
+
+    # ---------------------------------------------------------------- construction
+    def init_training_settings(self) -> None:
+        """SRModel's settings (EMA, losses, optimizer, scheduler) with an L1 pixel loss by default."""
+        self.opt['train'].setdefault('pixel_opt', {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'})
+        super().init_training_settings()
+
+    def get_optimizer(self, optim_type: str, params, lr: float, **kwargs) -> torch.optim.Optimizer:
+        """Build ``Adam``, ``AdamW`` or ``SGD`` (``train.optim_g.type``)."""
+        if optim_type not in OPTIMIZERS:
+            raise ValueError(f"train.optim_g.type: unknown '{optim_type}'; expected one of {', '.join(OPTIMIZERS)}")
+        return OPTIMIZERS[optim_type](params, lr, **kwargs)
+
+    def model_to_device(self, net: nn.Module) -> nn.Module:
+        """Move ``net`` to the device; DDP under a process group (no ``device_ids`` on CPU), DataParallel for >1 GPU."""
+        net = net.to(self.device)
+        if self.opt['dist']:
+            find_unused = self.opt.get('find_unused_parameters', False)
+            device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
+            net = DistributedDataParallel(net, device_ids=device_ids, find_unused_parameters=find_unused)
+        elif self.opt['num_gpu'] > 1:
+            net = DataParallel(net)
+        return net
+
+    # ---------------------------------------------------------------- data and inference
+    def feed_data(self, data: dict) -> None:
+        """Keep ``lq``, ``gt`` (if present), ``de_names`` and ``roles`` (``'unlabelled'``/``'retain'`` if absent)."""
+        self.lq = data['lq'].to(self.device)
+        if 'gt' in data:
+            self.gt = data['gt'].to(self.device)
+        n = self.lq.shape[0]
+        self.de_names = list(data['de_name']) if 'de_name' in data else ['unlabelled'] * n
+        self.roles = list(data['role']) if 'role' in data else ['retain'] * n
+
+    def inference_net(self) -> nn.Module:
+        """The bare network used at test time: the EMA copy if present, else ``net_g`` (unwrapped from DDP)."""
+        return self.net_g_ema if hasattr(self, 'net_g_ema') else self.get_bare_model(self.net_g)
+
+    def pad_multiple(self) -> int:
+        """Input size multiple: ``net.pad_multiple`` if the arch defines it, else ``val.pad_multiple`` (default 8)."""
+        net_multiple = getattr(self.get_bare_model(self.net_g), 'pad_multiple', None)
+        return int(net_multiple or (self.opt.get('val') or {}).get('pad_multiple', 8))
+
+    def _forward_padded(self, net: nn.Module, x: torch.Tensor, multiple: int) -> torch.Tensor:
+        padded, h, w = pad_to_multiple(x, multiple)
+        return net(padded)[..., :h, :w]
+
+    @torch.no_grad()
+    def restore(self, lq: torch.Tensor) -> torch.Tensor:
+        """Eval-mode inference on any image size.
+
+        Args:
+            lq: degraded images ``(B, 3, H, W)`` in [0, 1] (any device).
+
+        Returns:
+            Restored ``(B, 3, H, W)`` on the model's device. With ``val.tile: {size, overlap}`` the image is
+            processed in overlapping tiles whose outputs are averaged.
+        """
+        net = self.inference_net()
+        was_training = net.training
+        net.eval()
+        multiple = self.pad_multiple()
+        lq = lq.to(self.device)
+        tile = (self.opt.get('val') or {}).get('tile')
+        try:
+            if not tile:
+                return self._forward_padded(net, lq, multiple)
+            check_keys(tile, ('size', 'overlap'), 'val.tile')
+            size, overlap = int(tile['size']), int(tile.get('overlap', 0))
+            if size <= overlap:
+                raise ValueError(f'val.tile: size ({size}) must be larger than overlap ({overlap})')
+            b, _, h, w = lq.shape
+            out, weight = None, lq.new_zeros(1, 1, h, w)
+            for top in tile_starts(h, size, size - overlap):
+                for left in tile_starts(w, size, size - overlap):
+                    patch = self._forward_padded(net, lq[..., top:top + size, left:left + size], multiple)
+                    if out is None:
+                        out = lq.new_zeros(b, patch.shape[1], h, w)
+                    out[..., top:top + patch.shape[-2], left:left + patch.shape[-1]] += patch
+                    weight[..., top:top + patch.shape[-2], left:left + patch.shape[-1]] += 1
+            return out / weight
+        finally:
+            net.train(was_training)
+
+    def test(self) -> None:
+        """``self.output = self.restore(self.lq)``."""
+        self.output = self.restore(self.lq)
+
+    # ---------------------------------------------------------------- training bookkeeping
+    def update_learning_rate(self, current_iter: int, warmup_iter: int = -1) -> None:
+        """BasicSR's LR update (called once per iteration); also tracks the iteration and training wall time."""
+        now = time.perf_counter()
+        self._wall_time += now - self._mark
+        self._mark = now
+        self.current_iter = current_iter
+        super().update_learning_rate(current_iter, warmup_iter)
+
+    def get_current_log(self) -> dict:
+        """The reduced losses of the last step (logged every ``logger.print_freq``); also appended to train_log."""
+        total = self.log_dict.get('l_total', sum(v for k, v in self.log_dict.items() if k.startswith('l_')))
+        self.train_log['loss'].append([self.current_iter, float(total)])
+        return self.log_dict
+
+    @master_only
+    def write_train_log(self) -> None:
+        """Write ``train_log.json`` atomically (rank 0)."""
+        self.train_log['wall_time_s'] = round(self._wall_time, 3)
+        self.train_log['iter'] = self.current_iter
+        write_json(self.train_log_path, self.train_log)
+
+    def resume_training(self, resume_state: dict) -> None:
+        """Reload optimizers/schedulers, the training wall time and the train_log curves up to the resumed iter."""
+        super().resume_training(resume_state)
+        self._wall_time = float(resume_state.get('wall_time_s', 0.0))
+        self._mark = time.perf_counter()
+        self.current_iter = resume_state['iter']
+        if osp.isfile(self.train_log_path):
+            with open(self.train_log_path) as f:
+                log = json.load(f)
+            self.train_log['loss'] = [e for e in log.get('loss', []) if e[0] <= self.current_iter]
+            self.train_log['val'] = [e for e in log.get('val', []) if e[0] <= self.current_iter]
+
+    # ---------------------------------------------------------------- checkpoints
+    @master_only
+    def save_network(self, net, net_label: str, current_iter: int, param_key='params') -> None:
+        """Save ``{param_key: state_dict}`` to ``models/<net_label>_<iter|latest>.pth`` atomically (CPU tensors)."""
+        suffix = 'latest' if current_iter == -1 else current_iter
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        save_dict = {}
+        for net_, key in zip(nets, keys, strict=True):
+            state = self.get_bare_model(net_).state_dict()
+            save_dict[key] = {k.removeprefix('module.'): v.detach().cpu() for k, v in state.items()}
+        with atomic_path(osp.join(self.opt['path']['models'], f'{net_label}_{suffix}.pth')) as tmp:
+            torch.save(save_dict, tmp)
+
+    @master_only
+    def save_training_state(self, epoch: int, current_iter: int) -> None:
+        """Save ``training_states/<iter>.state`` atomically: epoch, iter, optimizers, schedulers, wall time."""
+        if current_iter == -1:
+            return
+        state = {
+            'epoch': int(epoch),
+            'iter': int(current_iter),
+            'optimizers': [o.state_dict() for o in self.optimizers],
+            'schedulers': [s.state_dict() for s in self.schedulers],
+            'wall_time_s': float(self._wall_time),
+        }
+        with atomic_path(osp.join(self.opt['path']['training_states'], f'{current_iter}.state')) as tmp:
+            torch.save(state, tmp)
+
+    def save(self, epoch: int, current_iter: int) -> None:
+        """Networks (``net_g`` and ``params_ema`` if EMA), training state and train_log."""
+        now = time.perf_counter()
+        self._wall_time += now - self._mark
+        self._mark = now
+        super().save(epoch, current_iter)
+        self.write_train_log()
+
+    # ---------------------------------------------------------------- validation
+    def validation(self, dataloader, current_iter, tb_logger=None, save_img: bool = False) -> dict:
+        """PSNR/SSIM per degradation over ``dataloader`` (sharded over ranks), logged as ``m_psnr_<de_name>``.
+
+        Returns:
+            The :func:`~basicsr_unlearn.evaluation.metrics.evaluate` result (also kept in ``self.last_metrics``).
+        """
+        self._wall_time += time.perf_counter() - self._mark
+        if self.opt['is_train']:  # the final validation of train_pipeline is labelled total_iter + 1
+            current_iter = self.current_iter
+        val_opt = self.opt.get('val') or {}
+        dataset_name = dataloader.dataset.opt['name']
+        save_dir, suffix = None, None
+        if save_img:
+            if self.opt['is_train']:
+                save_dir, suffix = osp.join(self.opt['path']['visualization'], dataset_name), str(current_iter)
+            else:
+                save_dir = osp.join(self.opt['path']['visualization'], dataset_name)
+                suffix = val_opt.get('suffix') or self.opt['name']
+        result = evaluate(self.restore, dataloader, y_channel=val_opt.get('test_y_channel', False),
+                          crop_border=val_opt.get('crop_border', 0), save_dir=save_dir, save_suffix=suffix)
+        self.last_metrics = result
+        space = 'Y' if val_opt.get('test_y_channel', False) else 'RGB'
+        logger = get_root_logger()
+        message = f'Validation {dataset_name} ({space}), iter {current_iter}'
+        for de_name, m in result['per_degradation'].items():
+            message += f"\n\t # m_psnr_{de_name}: {m['psnr']:.4f}\tm_ssim_{de_name}: {m['ssim']:.4f} ({m['count']} img)"
+            if tb_logger is not None:
+                tb_logger.add_scalar(f'metrics/{dataset_name}/m_psnr_{de_name}', m['psnr'], current_iter)
+                tb_logger.add_scalar(f'metrics/{dataset_name}/m_ssim_{de_name}', m['ssim'], current_iter)
+        logger.info(message)
+        if self.opt['is_train']:
+            entry = {k: {'psnr': v['psnr'], 'ssim': v['ssim']} for k, v in result['per_degradation'].items()}
+            if self.train_log['val'] and self.train_log['val'][-1][0] == current_iter:
+                self.train_log['val'][-1][1].update(entry)
+            else:
+                self.train_log['val'].append([current_iter, entry])
+            self.write_train_log()
+        self._mark = time.perf_counter()
+        return result
