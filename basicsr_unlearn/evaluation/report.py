@@ -65,6 +65,25 @@ def scatter_chart(path: str | os.PathLike, points: Sequence[dict], xlabel: str, 
     _save(fig, path)
 
 
+def line_chart(path: str | os.PathLike, panels: dict[str, dict[str, Sequence[tuple[float, float]]]], xlabel: str,
+               title: str) -> None:
+    """Line plots in a grid: one panel per outer key (e.g. a metric), one line of ``(x, y)`` points per inner key."""
+    cols = min(len(panels), 3)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, (panel, lines) in zip(axes.flat, panels.items()):
+        for name, points in lines.items():
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=name, linewidth=1)
+        ax.set_title(panel, fontsize='small')
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize='x-small')
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
 def _save(fig: plt.Figure, path: str | os.PathLike) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
