@@ -1,12 +1,27 @@
 """Unlearning report: numbers from known per-degradation scores, files written, and clear errors."""
+import importlib.util
 import json
 
 import pytest
 import torch
+from basicsr.archs import build_network
+from basicsr.data import build_dataloader, build_dataset
+from helpers import ROOT, run_tool, write_noisy_pairs, write_yaml
 
-from basicsr_unlearn.evaluation.unlearning_report import (ModelScores, build_report, load_weights, plateau_gain,
-                                                          resolve_model, split_test_sets, training_curves,
-                                                          wall_time, write_report)
+from basicsr_unlearn.evaluation.membership_inference import membership_auc
+from basicsr_unlearn.evaluation.metrics import evaluate
+from basicsr_unlearn.evaluation.unlearning_report import (
+    ModelScores,
+    build_report,
+    load_weights,
+    plateau_gain,
+    resolve_model,
+    split_test_sets,
+    training_curves,
+    wall_time,
+    write_report,
+)
+from basicsr_unlearn.models.all_in_one_model import pad_to_multiple
 
 
 def _scores(name, role, psnr, wall, members=(0.01, 0.02), nonmembers=(0.03, 0.04)):
@@ -123,3 +138,78 @@ def test_write_report_files(tmp_path):
     text = md_path.read_text()
     assert text.rstrip().endswith('(forget_gap_vs_retain_change.png)')
     assert report['headline_md'] in text and 'original +0.10 dB' in text
+
+
+def _tool_workspace(tmp_path):
+    """Noise/haze-like test sets of real photo crops, a tiny EDSR, three random checkpoints with train logs."""
+    data = tmp_path / 'data'
+    sets = {'noise25': write_noisy_pairs(data / 'noise25', count=3, size=28, sigma=25, seed=1),
+            'haze': write_noisy_pairs(data / 'haze', count=4, size=28, sigma=50, seed=2),
+            'haze_members': write_noisy_pairs(data / 'members', count=4, size=28, sigma=50, seed=3)}
+    datasets = {f'test_{i}': {'name': name, 'type': 'PairedImageDataset', 'io_backend': {'type': 'disk'},
+                              'dataroot_gt': gt, 'dataroot_lq': lq} for i, (name, (gt, lq)) in enumerate(sets.items())}
+    opt = {'name': 'report_test', 'scale': 1, 'num_gpu': 'auto', 'datasets': datasets,
+           'network_g': {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1,
+                         'upscale': 1, 'img_range': 1.0, 'rgb_mean': [0.5, 0.5, 0.5]}}
+    for seed, (name, wall) in enumerate([('orig', 1000.0), ('ref', 800.0), ('ga', 40.0)]):
+        torch.manual_seed(seed)
+        net = build_network(dict(opt['network_g']))
+        folder = _experiment(tmp_path / 'experiments', name, wall, [20.0, 21.0, 21.5, 21.6])
+        torch.save({'params': net.state_dict()}, folder / 'models' / 'net_g_latest.pth')
+    return write_yaml(tmp_path / 'test.yml', opt), opt
+
+
+def test_tool_writes_matching_report(tmp_path):
+    opt_path, opt = _tool_workspace(tmp_path)
+    exp = tmp_path / 'experiments'
+    result = run_tool('unlearn_report.py', ['--opt', opt_path, '--original', str(exp / 'orig'), '--reference',
+                                            str(exp / 'ref'), '--method', f'ga={exp / "ga"}', '--forget', 'haze',
+                                            '--out', 'results/unlearn'], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / 'results' / 'unlearn'
+    report = json.loads((out / 'report.json').read_text())
+    assert report['metric_space'] == 'RGB' and report['degradations'] == ['noise25', 'haze']
+    for png in ('psnr_per_degradation.png', 'forget_gap_vs_retain_change.png', 'training_curves.png'):
+        assert (out / png).stat().st_size > 1000
+    # recompute the method's numbers in-process, independently of the tool's glue
+    net = build_network(dict(opt['network_g'])).eval()
+    load_weights(net, exp / 'ga' / 'models' / 'net_g_latest.pth')
+    restored = {}
+    for dataset_opt in opt['datasets'].values():
+        dataset_opt = {**dataset_opt, 'phase': 'test', 'scale': 1}
+        loader = build_dataloader(build_dataset(dataset_opt), dataset_opt, num_gpu=0, dist=False)
+        restored[dataset_opt['name']] = evaluate(lambda lq: net(pad_to_multiple(lq, 8)[0])[..., :28, :28], loader)
+    ga, ref = report['models'][2], report['models'][1]
+    assert ga['name'] == 'ga' and ga['wall_time_s'] == 40.0 and ga['cost_ratio'] == pytest.approx(0.05)
+    for de_name in ('noise25', 'haze'):
+        assert ga['psnr'][de_name] == pytest.approx(restored[de_name]['per_degradation'][de_name]['psnr'])
+    assert ga['forget_gap_db'] == pytest.approx(abs(ga['psnr']['haze'] - ref['psnr']['haze']))
+    members = [r['l1'] for r in restored['haze_members']['per_image']]
+    nonmembers = [r['l1'] for r in restored['haze']['per_image']]
+    assert ga['mia']['auc'] == pytest.approx(membership_auc(members, nonmembers))
+    assert ga['mia']['n_members'] == 4 and ga['mia']['n_nonmembers'] == 4
+    text = (out / 'report.md').read_text()
+    assert f'| ga | {ga["psnr"]["noise25"]:.2f} | {ga["psnr"]["haze"]:.2f} |' in text
+    assert text.rstrip().endswith('(forget_gap_vs_retain_change.png)')
+
+
+def test_tool_errors(tmp_path):
+    opt_path, _ = _tool_workspace(tmp_path)
+    exp = tmp_path / 'experiments'
+    base = ['--opt', opt_path, '--original', str(exp / 'orig'), '--reference', str(exp / 'ref'), '--out',
+            str(tmp_path / 'out')]
+    tool = _load_tool()
+    with pytest.raises(SystemExit, match=r'--method ga ga: checkpoint .*nowhere.pth does not exist'):
+        tool.main([*base, '--forget', 'haze', '--method', f'ga={tmp_path / "nowhere.pth"}'])
+    with pytest.raises(SystemExit, match="--forget: unknown 'hazy'; expected one of noise15"):
+        tool.main([*base, '--forget', 'hazy'])
+    with pytest.raises(SystemExit, match="datasets needs exactly one set named 'rain_members'"):
+        tool.main([*base, '--forget', 'rain'])
+    assert not (tmp_path / 'out').exists()
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location('unlearn_report_tool', ROOT / 'tools' / 'unlearn_report.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

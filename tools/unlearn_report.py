@@ -19,8 +19,14 @@ from tqdm import tqdm
 import basicsr_unlearn  # noqa: F401  (torchvision alias before basicsr)
 from basicsr_unlearn.config import load_options
 from basicsr_unlearn.data.degradation_names import check_name
-from basicsr_unlearn.evaluation.unlearning_report import (build_report, evaluate_models, resolve_model,
-                                                          training_curves, write_report)
+from basicsr_unlearn.evaluation.unlearning_report import (
+    build_report,
+    evaluate_models,
+    resolve_model,
+    training_curves,
+    write_report,
+)
+from basicsr_unlearn.models.all_in_one_model import pad_to_multiple
 
 
 def parse_method(text: str) -> tuple[str, str]:
@@ -52,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
                  *[resolve_model(name, 'method', spec, f'--method {name}') for name, spec in args.method]]
         opt = load_options(args.opt)
         scores = evaluate_models(opt, tqdm(specs, desc='evaluating checkpoints', unit='model'), args.forget,
-                                 y_channel=args.y_channel, crop_border=args.crop_border, where=args.opt)
+                                 pad_to_multiple, y_channel=args.y_channel, crop_border=args.crop_border,
+                                 where=args.opt)
     except (ValueError, FileNotFoundError, KeyError) as error:
         sys.exit(f'unlearn_report: {error}')
     report = build_report(scores, args.forget, 'Y' if args.y_channel else 'RGB')

@@ -22,15 +22,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from basicsr.archs import build_network
+from basicsr.data import build_dataloader, build_dataset
 
 from basicsr_unlearn.data.degradation_names import DEGRADATIONS, check_name
 from basicsr_unlearn.evaluation.membership_inference import loss_attack
+from basicsr_unlearn.evaluation.metrics import evaluate, summarize
 from basicsr_unlearn.evaluation.report import bar_chart, line_chart, markdown_table, scatter_chart
 from basicsr_unlearn.fileio import write_json, write_text
 
 TARGETS = {'forget_gap_db': 1.0, 'retain_drop_db': 0.3, 'cost_ratio': 0.10}
 GOALS = {'forget_gap_db': 0.5, 'retain_drop_db': 0.1, 'cost_ratio': 0.05}
 ROLES = ('original', 'reference', 'method')
+PadFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, int, int]]
 CHARTS = {'psnr': 'psnr_per_degradation.png', 'tradeoff': 'forget_gap_vs_retain_change.png',
           'curves': 'training_curves.png'}
 
@@ -140,26 +144,21 @@ def split_test_sets(datasets: dict, forget: str, where: str) -> tuple[list[str],
 
 
 def score_model(restore: Callable[[torch.Tensor], torch.Tensor], held_out: Iterable, members: Iterable, forget: str,
-                evaluate: Callable[..., dict], **metric_kwargs) -> tuple[dict, list[float], list[float]]:
+                **metric_kwargs) -> tuple[dict, list[float], list[float]]:
     """Evaluate one model: held-out per-degradation metrics and the per-image L1 losses for membership inference.
 
     Args:
-        restore: inference function, (1, 3, H, W) in [0, 1] -> (1, 3, H, W).
+        restore: inference function, (B, 3, H, W) in [0, 1] -> (B, 3, H, W).
         held_out: dataloaders of the held-out test sets.
         members: dataloader of the forget-train pairs.
         forget: the forgotten degradation name.
-        evaluate: ``basicsr_unlearn.evaluation.metrics.evaluate``.
-        metric_kwargs: ``y_channel``, ``crop_border``.
+        metric_kwargs: ``y_channel``, ``crop_border`` of :func:`~basicsr_unlearn.evaluation.metrics.evaluate`.
 
     Returns:
-        ``(per_degradation, member_losses, nonmember_losses)``.
+        ``(per_degradation, member_losses, nonmember_losses)``; ``per_degradation`` as in ``evaluate``.
     """
     per_image = [row for loader in held_out for row in evaluate(restore, loader, **metric_kwargs)['per_image']]
-    per_degradation = {}
-    for de_name in dict.fromkeys(row['de_name'] for row in per_image):
-        rows = [row for row in per_image if row['de_name'] == de_name]
-        per_degradation[de_name] = {'psnr': float(np.mean([r['psnr'] for r in rows])),
-                                    'ssim': float(np.mean([r['ssim'] for r in rows])), 'count': len(rows)}
+    per_degradation = summarize(per_image)
     if forget not in per_degradation:
         raise ValueError(f'held-out test sets contain no {forget!r} images (found {", ".join(per_degradation)}); '
                          'the forget gap needs them')
@@ -366,7 +365,7 @@ def _finite(obj: object) -> object:
     return obj
 
 
-def evaluate_models(opt: dict, specs: list[ModelSpec], forget: str, y_channel: bool = False,
+def evaluate_models(opt: dict, specs: Iterable[ModelSpec], forget: str, pad: PadFn, y_channel: bool = False,
                     crop_border: int = 0, where: str = '--opt') -> list[ModelScores]:
     """Build the network once and the test sets from ``opt['datasets']``, then score every checkpoint.
 
@@ -374,15 +373,12 @@ def evaluate_models(opt: dict, specs: list[ModelSpec], forget: str, y_channel: b
         opt: merged BasicSR options with ``network_g`` and ``datasets`` (``test_*`` sets incl. ``<forget>_members``).
         specs: the models to score (see :func:`resolve_model`).
         forget: the forgotten degradation name.
+        pad: ``pad(lq, multiple) -> (padded, h, w)``, the padding of the model that runs inference (e.g.
+            ``AllInOneModel``'s ``pad_to_multiple``), so the report measures what ``restore`` gives.
         y_channel: PSNR/SSIM on the Y channel instead of RGB.
         crop_border: pixels cropped from each border before the metrics.
         where: the option file, named in errors.
     """
-    from basicsr.archs import build_network
-    from basicsr.data import build_dataloader, build_dataset
-
-    from basicsr_unlearn.evaluation.metrics import evaluate, pad_and_restore
-
     for key in ('network_g', 'datasets'):
         if key not in opt:
             raise KeyError(f'{where}: missing {key!r} block')
@@ -392,14 +388,19 @@ def evaluate_models(opt: dict, specs: list[ModelSpec], forget: str, y_channel: b
         dataset_opt = {**copy.deepcopy(dataset_opt), 'phase': 'test', 'scale': opt.get('scale', 1)}
         loaders[key] = build_dataloader(build_dataset(dataset_opt), dataset_opt, num_gpu=0, dist=False)
     net = build_network(copy.deepcopy(opt['network_g'])).eval()
-    multiple = getattr(net, 'pad_multiple', opt.get('val', {}).get('pad_multiple', 8))
+    multiple = int(getattr(net, 'pad_multiple', None) or (opt.get('val') or {}).get('pad_multiple', 8))
+
+    def restore(lq: torch.Tensor) -> torch.Tensor:
+        padded, h, w = pad(lq, multiple)
+        return net(padded)[..., :h, :w]
+
     param_key = opt.get('path', {}).get('param_key_g', 'params')
     scores = []
     for spec in specs:
         load_weights(net, spec.checkpoint, param_key)
         per_de, member_losses, nonmember_losses = score_model(
-            lambda lq: pad_and_restore(net, lq, multiple), [loaders[k] for k in held_keys], loaders[member_key],
-            forget, evaluate, y_channel=y_channel, crop_border=crop_border)
+            restore, [loaders[k] for k in held_keys], loaders[member_key], forget, y_channel=y_channel,
+            crop_border=crop_border)
         scores.append(ModelScores(spec.name, spec.role, str(spec.checkpoint), per_de, member_losses,
                                   nonmember_losses, wall_time(spec)))
     return scores
