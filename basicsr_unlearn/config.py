@@ -75,14 +75,18 @@ def _registered(registry: Any) -> str:
 def validate_options(opt: dict, where: str = 'options') -> None:
     """Fail fast on names BasicSR would only reject deep inside a run.
 
-    Checks ``model_type`` and ``network_*.type`` against the registries (listing the registered names), the
-    ``datasets.*.type`` names, and that ``path.pretrain_network_*`` files exist.
+    Checks ``model_type`` and ``network_*.type`` against the registries (listing the registered names), runs the
+    model class's ``check_options(opt)`` if it has one, checks the ``datasets.*.type`` names, and that
+    ``path.pretrain_network_*`` files exist.
     """
     from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY
 
     model_type = opt.get('model_type')
     if model_type not in MODEL_REGISTRY._obj_map:
         raise ValueError(f"{where}: model_type: unknown '{model_type}'; expected one of {_registered(MODEL_REGISTRY)}")
+    check = getattr(MODEL_REGISTRY.get(model_type), 'check_options', None)
+    if check is not None:  # plugin models check their own option blocks (see AllInOneModel.check_options)
+        check(opt)
     for key, block in opt.items():
         if key.startswith('network_') and isinstance(block, dict):
             if block.get('type') not in ARCH_REGISTRY._obj_map:

@@ -105,3 +105,12 @@ def tiny_workspace(tmp: Path, total_iter: int = 6, name: str = 'tiny', **overrid
     write_noisy_pairs(tmp / 'data' / 'train', count=4, size=32, seed=1)
     write_noisy_pairs(tmp / 'data' / 'val', count=3, size=28, seed=2)
     return write_yaml(tmp / f'{name}.yml', tiny_train_options(tmp / 'data', name, total_iter, **overrides))
+
+
+def free_port() -> int:
+    """A TCP port that is free right now (for ``torchrun --master_port`` / ``MASTER_PORT``)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]

@@ -59,7 +59,7 @@ class AllInOneModel(SRModel):
     """All-in-one restoration model (one network, several degradations) for BasicSR's train/test pipelines."""
 
     def __init__(self, opt: dict) -> None:
-        check_keys(opt.get('val') or {}, VAL_KEYS, 'val')
+        self.check_options(opt)
         self._wall_time = 0.0
         self._mark = time.perf_counter()
         self.current_iter = 0
@@ -69,6 +69,17 @@ class AllInOneModel(SRModel):
         self.train_log = {'wall_time_s': 0.0, 'iter': 0, 'loss': [], 'val': []}
 
     # ---------------------------------------------------------------- construction
+    @classmethod
+    def check_options(cls, opt: dict) -> None:
+        """Raise on unknown keys in the option blocks this model reads (called by the launchers before any work).
+
+        Subclasses extend it (``super().check_options(opt)``) for their own blocks, using ``config.check_keys``.
+        """
+        val = opt.get('val') or {}
+        check_keys(val, VAL_KEYS, 'val')
+        if val.get('tile'):
+            check_keys(val['tile'], ('size', 'overlap'), 'val.tile')
+
     def init_training_settings(self) -> None:
         """SRModel's settings (EMA, losses, optimizer, scheduler) with an L1 pixel loss by default."""
         self.opt['train'].setdefault('pixel_opt', {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'})
@@ -134,7 +145,6 @@ class AllInOneModel(SRModel):
         try:
             if not tile:
                 return self._forward_padded(net, lq, multiple)
-            check_keys(tile, ('size', 'overlap'), 'val.tile')
             size, overlap = int(tile['size']), int(tile.get('overlap', 0))
             if size <= overlap:
                 raise ValueError(f'val.tile: size ({size}) must be larger than overlap ({overlap})')
