@@ -111,6 +111,10 @@ def test_load_weights_checks_param_key(tmp_path):
     net = torch.nn.Linear(2, 1)
     torch.save({'params': net.state_dict()}, tmp_path / 'a.pth')
     load_weights(net, tmp_path / 'a.pth')
+    ema = {k: torch.zeros_like(v) for k, v in net.state_dict().items()}
+    torch.save({'params': net.state_dict(), 'params_ema': ema}, tmp_path / 'b.pth')
+    load_weights(net, tmp_path / 'b.pth')  # the EMA weights, as AllInOneModel.restore would use
+    assert float(net.weight.abs().sum()) == 0.0
     with pytest.raises(KeyError, match="no 'params_ema' entry"):
         load_weights(net, tmp_path / 'a.pth', 'params_ema')
 

@@ -110,12 +110,16 @@ def wall_time(spec: ModelSpec) -> float | None:
     return float(sum(read_train_log(p)['wall_time_s'] for p in spec.train_logs))
 
 
-def load_weights(net: torch.nn.Module, checkpoint: str | os.PathLike, param_key: str = 'params') -> None:
-    """Load a BasicSR checkpoint (``{'params': state_dict}``) into ``net`` with ``weights_only=True``."""
+def load_weights(net: torch.nn.Module, checkpoint: str | os.PathLike, param_key: str | None = None) -> None:
+    """Load a BasicSR checkpoint (``{'params': ..., 'params_ema': ...}``) into ``net`` with ``weights_only=True``.
+
+    ``param_key=None`` takes ``params_ema`` when present, else ``params`` — the net ``AllInOneModel.restore`` uses.
+    """
     state = torch.load(checkpoint, map_location='cpu', weights_only=True)
-    if param_key not in state:
-        raise KeyError(f'{checkpoint}: no {param_key!r} entry (path.param_key_g); found {", ".join(state)}')
-    net.load_state_dict(state[param_key], strict=True)
+    key = param_key or ('params_ema' if 'params_ema' in state else 'params')
+    if key not in state:
+        raise KeyError(f'{checkpoint}: no {key!r} entry (path.param_key_g); found {", ".join(state)}')
+    net.load_state_dict(state[key], strict=True)
 
 
 def _dataset_name(key: str, dataset_opt: dict) -> str:
@@ -394,7 +398,7 @@ def evaluate_models(opt: dict, specs: Iterable[ModelSpec], forget: str, pad: Pad
         padded, h, w = pad(lq, multiple)
         return net(padded)[..., :h, :w]
 
-    param_key = opt.get('path', {}).get('param_key_g', 'params')
+    param_key = (opt.get('path') or {}).get('param_key_g')
     scores = []
     for spec in specs:
         load_weights(net, spec.checkpoint, param_key)
