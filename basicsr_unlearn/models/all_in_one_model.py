@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from basicsr_unlearn.config import check_keys
+from basicsr_unlearn.defenses import build_defense
 from basicsr_unlearn.evaluation.metrics import evaluate
 from basicsr_unlearn.fileio import atomic_path, write_json
 
@@ -65,6 +66,7 @@ class AllInOneModel(SRModel):
         self.current_iter = 0
         self.last_metrics: dict = {}
         super().__init__(opt)
+        self.defense = self.attach_defense()
         self.train_log_path = osp.join(opt['path'].get('experiments_root', opt['path']['log']), 'train_log.json')
         self.train_log = {'wall_time_s': 0.0, 'iter': 0, 'loss': [], 'val': []}
 
@@ -79,6 +81,12 @@ class AllInOneModel(SRModel):
         check_keys(val, VAL_KEYS, 'val')
         if val.get('tile'):
             check_keys(val['tile'], ('size', 'overlap'), 'val.tile')
+
+    def attach_defense(self):
+        """Protect the inference net with the top-level ``asvp:`` block (ASVP hooks); ``None`` without one."""
+        if not self.opt.get('asvp'):
+            return None
+        return build_defense({'type': 'ASVP', **self.opt['asvp']}).attach(self.inference_net())
 
     def init_training_settings(self) -> None:
         """SRModel's settings (EMA, losses, optimizer, scheduler) with an L1 pixel loss by default."""
