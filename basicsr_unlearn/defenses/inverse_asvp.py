@@ -30,8 +30,7 @@ def estimate_k_h(s2: torch.Tensor, k_max: int = 16, min_jump: float = 1.05) -> t
     k_max = min(k_max, s2.shape[-1] - 2)
     s = s2[:, :k_max + 2].clamp_min(torch.finfo(s2.dtype).tiny).sqrt().log()
     d = s[:, :-1] - s[:, 1:]  # d[:, i] = log s_{i+1} / s_{i+2} (0-based i -> rank i + 1)
-    left = torch.cat([d[:, 1:2], d[:, :-2]], 1)  # rank 1 has no left neighbour: use the right one
-    excess = d[:, :k_max] - (left + d[:, 1:k_max + 1]) / 2
+    excess = d[:, :k_max] - d[:, 1:k_max + 1]
     best, idx = excess.max(-1)
     h = best.exp()
     found = h >= min_jump
