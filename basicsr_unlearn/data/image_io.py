@@ -1,0 +1,66 @@
+"""Image files <-> float RGB arrays, with errors that name the file.
+
+Images are stored as 8-bit PNG (BGR on disk, as OpenCV and BasicSR write them) and handled in memory as float32
+RGB ``(H, W, 3)`` in ``[0, 1]``; grey images are replicated to three channels.
+"""
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
+
+
+def decode_image(buffer: bytes | np.ndarray, where: str) -> np.ndarray:
+    """Decode encoded image bytes to float32 RGB ``(H, W, 3)`` in ``[0, 1]``; ``where`` names the source on error."""
+    img = cv2.imdecode(np.frombuffer(buffer, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError(f'{where}: unreadable or corrupt image')
+    if img.dtype != np.uint8:
+        raise ValueError(f'{where}: expected an 8-bit image, got {img.dtype}')
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    elif img.shape[2] == 4:
+        img = img[..., :3]
+    return img[..., ::-1].astype(np.float32) / 255.0
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as float32 RGB ``(H, W, 3)`` in ``[0, 1]``; raises naming ``path`` if missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'{path}: image file not found')
+    return decode_image(path.read_bytes(), str(path))
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """Float RGB ``(H, W, 3)`` in ``[0, 1]`` to uint8 (rounded)."""
+    return np.rint(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def encode_png(img: np.ndarray, compress_level: int = 1) -> bytes:
+    """Float RGB ``(H, W, 3)`` in ``[0, 1]`` or uint8 RGB to PNG bytes (BGR order inside, as BasicSR's LMDBs)."""
+    img = img if img.dtype == np.uint8 else to_uint8(img)
+    ok, buf = cv2.imencode('.png', np.ascontiguousarray(img[..., ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, compress_level])
+    if not ok:
+        raise ValueError(f'could not encode an image of shape {img.shape} as PNG')
+    return buf.tobytes()
+
+
+def write_image(path: str | os.PathLike, img: np.ndarray) -> None:
+    """Write float RGB ``(H, W, 3)`` in ``[0, 1]`` (or uint8 RGB) as a PNG file, creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode_png(img, compress_level=3))
+
+
+def list_images(folder: str | os.PathLike, where: str) -> list[Path]:
+    """Sorted image files of ``folder``; raises naming ``where`` and the folder if it is missing or has none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f'{where}: folder not found: {folder}')
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f'{where}: no images ({", ".join(IMAGE_SUFFIXES)}) in {folder}')
+    return files
