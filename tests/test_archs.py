@@ -9,6 +9,7 @@ from basicsr.models.base_model import BaseModel
 from basicsr.utils.registry import ARCH_REGISTRY
 
 from basicsr_unlearn.archs.adair_arch import FreModule, soft_lowpass_mask
+from basicsr_unlearn.archs.restormer_blocks import LayerNorm
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ('Restormer', 'PromptIR', 'AdaIR')
@@ -16,6 +17,15 @@ NAMES = ('Restormer', 'PromptIR', 'AdaIR')
 PUBLISHED_PARAMS = {'Restormer': 26_126_644, 'PromptIR': 35_376_967, 'AdaIR': 28_780_000}
 TAPS = ('encoder_level1', 'encoder_level2', 'encoder_level3', 'latent', 'decoder_level3', 'decoder_level2',
         'decoder_level1', 'refinement')
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """Tiny nets run faster on one thread, and much faster when other processes share the 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_opt(name: str) -> dict:
@@ -163,3 +173,22 @@ def test_soft_lowpass_mask_grows_with_ratio_and_is_differentiable() -> None:
     assert (kept.diff() > 0).all()
     kept.sum().backward()
     assert (ratios.grad > 0).all()
+
+
+@pytest.mark.parametrize('layer_norm_type', ['WithBias', 'BiasFree'])
+def test_layer_norm_matches_reference_formula(layer_norm_type: str) -> None:
+    torch.manual_seed(0)
+    norm = LayerNorm(6, layer_norm_type)
+    with torch.no_grad():
+        for p in norm.parameters():
+            p.normal_()
+    x = torch.randn(2, 6, 5, 7) * 3 + 1
+    y = x.permute(0, 2, 3, 1)
+    var = y.var(-1, keepdim=True, unbiased=False)
+    if layer_norm_type == 'WithBias':
+        ref = (y - y.mean(-1, keepdim=True)) / torch.sqrt(var + 1e-5) * norm.body.weight + norm.body.bias
+    else:
+        ref = y / torch.sqrt(var + 1e-5) * norm.body.weight
+    assert torch.allclose(norm(x), ref.permute(0, 3, 1, 2), atol=1e-5)
+    assert [n for n, _ in norm.named_parameters()] == (
+        ['body.weight', 'body.bias'] if layer_norm_type == 'WithBias' else ['body.weight'])
