@@ -64,3 +64,19 @@ def list_images(folder: str | os.PathLike, where: str) -> list[Path]:
     if not files:
         raise FileNotFoundError(f'{where}: no images ({", ".join(IMAGE_SUFFIXES)}) in {folder}')
     return files
+
+
+def paired_images(gt_root: str | os.PathLike, lq_root: str | os.PathLike, where: str) -> list[tuple[str, str]]:
+    """``(gt_path, lq_path)`` of the equally named images of two folders; raises naming ``where`` and the folders on
+    a missing folder, unequal counts or a GT image without its LQ counterpart."""
+    gt_root, lq_root = Path(gt_root), Path(lq_root)
+    gts = list_images(gt_root, f'{where}.dataroot_gt')
+    lqs = list_images(lq_root, f'{where}.dataroot_lq')
+    if len(gts) != len(lqs):
+        raise ValueError(f'{where}: unequal pair counts: {len(gts)} GT images in {gt_root}, '
+                         f'{len(lqs)} LQ images in {lq_root}')
+    lq_names = {p.name for p in lqs}
+    for gt in gts:
+        if gt.name not in lq_names:
+            raise ValueError(f'{where}: GT image {gt} has no LQ image of the same name in {lq_root}')
+    return [(str(gt), str(lq_root / gt.name)) for gt in gts]

@@ -51,7 +51,7 @@ from torch.utils import data
 from basicsr_unlearn.config import check_keys
 from basicsr_unlearn.data.degradation_names import check_name, de_type
 from basicsr_unlearn.data.degradations import HAZE_DEFAULTS, NOISE_SIGMAS, RAIN_DEFAULTS, synthesize
-from basicsr_unlearn.data.image_io import decode_image, list_images, read_image
+from basicsr_unlearn.data.image_io import decode_image, list_images, paired_images, read_image
 from basicsr_unlearn.data.lmdb_backend import LmdbReader, read_labels
 
 SIZE_MULTIPLE = 8
@@ -74,19 +74,6 @@ class Record:
     source: int
     gt: str
     lq: str | None
-
-
-def _folder_pairs(gt_root: Path, lq_root: Path, where: str) -> list[tuple[str, str]]:
-    gts = list_images(gt_root, f'{where}.dataroot_gt')
-    lqs = list_images(lq_root, f'{where}.dataroot_lq')
-    if len(gts) != len(lqs):
-        raise ValueError(f'{where}: unequal pair counts: {len(gts)} GT images in {gt_root}, '
-                         f'{len(lqs)} LQ images in {lq_root}')
-    lq_names = {p.name for p in lqs}
-    for gt in gts:
-        if gt.name not in lq_names:
-            raise ValueError(f'{where}: GT image {gt} has no LQ image of the same name in {lq_root}')
-    return [(str(gt), str(lq_root / gt.name)) for gt in gts]
 
 
 def _meta_pairs(src: dict, where: str) -> list[tuple[str, str]]:
@@ -193,7 +180,7 @@ class MixedDegradationDataset(data.Dataset):
     def _scan(self, i: int, src: dict, where: str) -> list[Record]:
         kind = src['type']
         if kind == 'folder':
-            pairs = _folder_pairs(Path(src['dataroot_gt']), Path(src['dataroot_lq']), where)
+            pairs = paired_images(Path(src['dataroot_gt']), Path(src['dataroot_lq']), where)
         elif kind == 'meta':
             pairs = _meta_pairs(src, where)
         elif kind == 'lmdb':
