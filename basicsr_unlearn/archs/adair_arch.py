@@ -54,7 +54,7 @@ def soft_lowpass_mask(ratios: Tensor, height: int, width: int, softness: float =
     return (axis(ratios[:, 0], height)[:, :, None] * axis(ratios[:, 1], width)[:, None, :])[:, None]
 
 
-class Chanel_Cross_Attention(nn.Module):  # noqa: N801  (reference name)
+class ChannelCrossAttention(nn.Module):
     """Channel cross-attention: query from ``x``, key and value from ``y``; (B, C, H, W) in and out."""
 
     def __init__(self, dim: int, num_head: int, bias: bool) -> None:
@@ -126,9 +126,9 @@ class FreModule(nn.Module):
         self.conv1 = nn.Conv2d(in_dim, dim, 3, padding=1, bias=False)
         self.para1 = nn.Parameter(torch.zeros(dim, 1, 1))
         self.para2 = nn.Parameter(torch.ones(dim, 1, 1))
-        self.channel_cross_l = Chanel_Cross_Attention(dim, num_heads, bias)
-        self.channel_cross_h = Chanel_Cross_Attention(dim, num_heads, bias)
-        self.channel_cross_agg = Chanel_Cross_Attention(dim, num_heads, bias)
+        self.channel_cross_l = ChannelCrossAttention(dim, num_heads, bias)
+        self.channel_cross_h = ChannelCrossAttention(dim, num_heads, bias)
+        self.channel_cross_agg = ChannelCrossAttention(dim, num_heads, bias)
         self.frequency_refine = FreRefine(dim)
         self.rate_conv = nn.Sequential(nn.Conv2d(dim, dim // 8, 1, bias=False), nn.GELU(),
                                        nn.Conv2d(dim // 8, 2, 1, bias=False))
@@ -172,7 +172,7 @@ class AdaIR(RestormerUNet):
     def __init__(self, inp_channels: int = 3, out_channels: int = 3, dim: int = 48,
                  num_blocks: Sequence[int] = DEFAULT_NUM_BLOCKS, num_refinement_blocks: int = 4,
                  heads: Sequence[int] = DEFAULT_HEADS, ffn_expansion_factor: float = 2.66, bias: bool = False,
-                 LayerNorm_type: str = 'WithBias', decoder: bool = True) -> None:  # noqa: N803
+                 LayerNorm_type: str = 'WithBias', decoder: bool = True) -> None:
         super().__init__('AdaIR', inp_channels, out_channels, dim, num_blocks, num_refinement_blocks, heads,
                          ffn_expansion_factor, bias, LayerNorm_type)
         self.decoder = decoder

@@ -70,7 +70,7 @@ class PromptIR(RestormerUNet):
     def __init__(self, inp_channels: int = 3, out_channels: int = 3, dim: int = 48,
                  num_blocks: Sequence[int] = DEFAULT_NUM_BLOCKS, num_refinement_blocks: int = 4,
                  heads: Sequence[int] = DEFAULT_HEADS, ffn_expansion_factor: float = 2.66, bias: bool = False,
-                 LayerNorm_type: str = 'WithBias', decoder: bool = True,  # noqa: N803
+                 LayerNorm_type: str = 'WithBias', decoder: bool = True,
                  prompt_dims: Sequence[int] = (64, 128, 320), prompt_sizes: Sequence[int] = (64, 32, 16),
                  prompt_len: int = 5) -> None:
         super().__init__('PromptIR', inp_channels, out_channels, dim, num_blocks, num_refinement_blocks, heads,

@@ -49,7 +49,7 @@ class RestormerUNet(nn.Module):
 
     def __init__(self, where: str, inp_channels: int, out_channels: int, dim: int, num_blocks: Sequence[int],
                  num_refinement_blocks: int, heads: Sequence[int], ffn_expansion_factor: float, bias: bool,
-                 LayerNorm_type: str, latent_out_channels: int | None = None) -> None:  # noqa: N803
+                 LayerNorm_type: str, latent_out_channels: int | None = None) -> None:
         super().__init__()
         check_backbone_args(where, dim, num_blocks, num_refinement_blocks, heads, ffn_expansion_factor, LayerNorm_type)
         if inp_channels < 1 or out_channels < 1:
@@ -132,6 +132,6 @@ class Restormer(RestormerUNet):
     def __init__(self, inp_channels: int = 3, out_channels: int = 3, dim: int = 48,
                  num_blocks: Sequence[int] = DEFAULT_NUM_BLOCKS, num_refinement_blocks: int = 4,
                  heads: Sequence[int] = DEFAULT_HEADS, ffn_expansion_factor: float = 2.66, bias: bool = False,
-                 LayerNorm_type: str = 'WithBias') -> None:  # noqa: N803
+                 LayerNorm_type: str = 'WithBias') -> None:
         super().__init__('Restormer', inp_channels, out_channels, dim, num_blocks, num_refinement_blocks, heads,
                          ffn_expansion_factor, bias, LayerNorm_type)

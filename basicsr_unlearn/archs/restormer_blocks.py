@@ -95,7 +95,7 @@ class TransformerBlock(nn.Module):
     """``x + MDTA(LN(x))`` then ``x + GDFN(LN(x))``; (B, C, H, W) in and out."""
 
     def __init__(self, dim: int, num_heads: int, ffn_expansion_factor: float, bias: bool,
-                 LayerNorm_type: str) -> None:  # noqa: N803  (reference/YAML spelling)
+                 LayerNorm_type: str) -> None:
         super().__init__()
         self.norm1 = LayerNorm(dim, LayerNorm_type)
         self.attn = Attention(dim, num_heads, bias)
@@ -108,7 +108,7 @@ class TransformerBlock(nn.Module):
 
 
 def transformer_stage(dim: int, num_blocks: int, num_heads: int, ffn_expansion_factor: float, bias: bool,
-                      LayerNorm_type: str) -> nn.Sequential:  # noqa: N803
+                      LayerNorm_type: str) -> nn.Sequential:
     """``num_blocks`` Transformer blocks of width ``dim`` in sequence."""
     return nn.Sequential(*[TransformerBlock(dim, num_heads, ffn_expansion_factor, bias, LayerNorm_type)
                            for _ in range(num_blocks)])
@@ -174,7 +174,7 @@ def check_heads_divide(where: str, arg: str, width: int, heads: int) -> None:
 
 
 def check_backbone_args(where: str, dim: int, num_blocks: Sequence[int], num_refinement_blocks: int,
-                        heads: Sequence[int], ffn_expansion_factor: float, LayerNorm_type: str) -> None:  # noqa: N803
+                        heads: Sequence[int], ffn_expansion_factor: float, LayerNorm_type: str) -> None:
     """Validate the Restormer U-Net arguments shared by the three archs; errors name the argument.
 
     Raises:
