@@ -71,8 +71,12 @@ class AdversarialRetainLoss(nn.Module):
             delta = (lq + delta).clamp(0, 1) - lq
         return (lq + delta).detach()
 
+    def restoration_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``w * criterion(pred, target)`` for outputs ``pred`` of the perturbed inputs (e.g. from a shared forward)."""
+        return self.loss_weight * per_sample_loss(pred, target, self.criterion).mean()
+
     def forward(self, net: Callable[[torch.Tensor], torch.Tensor], lq: torch.Tensor, target: torch.Tensor,
                 attack_net: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """Loss of ``net`` on PGD inputs made against ``attack_net`` (``net`` itself when None)."""
         x_adv = self.perturb(attack_net or net, lq, target)
-        return self.loss_weight * per_sample_loss(net(x_adv), target, self.criterion).mean()
+        return self.restoration_loss(net(x_adv), target)

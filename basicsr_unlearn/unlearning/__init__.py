@@ -1,0 +1,1 @@
+"""Unlearning methods that have their own logic beyond a loss (one module per method)."""
