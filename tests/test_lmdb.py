@@ -1,0 +1,137 @@
+"""LMDB tooling: BasicSR-format round trip and interop, atomic writes, bad input, forked and spawned workers."""
+import importlib.util
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from basicsr.data import build_dataset
+from helpers import PYTHON, ROOT, tool_env
+from torch.utils.data import ConcatDataset, DataLoader
+
+from basicsr_unlearn.data.image_io import list_images, read_image
+from basicsr_unlearn.data.lmdb_backend import LmdbReader, read_labels
+
+spec = importlib.util.spec_from_file_location('create_lmdb', ROOT / 'tools' / 'create_lmdb.py')
+create_lmdb = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(create_lmdb)
+
+
+def pairs_with_dotted_name(src: Path, dst: Path) -> Path:
+    """Copy the lq/gt pair folders ``src`` to ``dst`` and add a RESIDE-style dotted file name."""
+    for role in ('gt', 'lq'):
+        (dst / role).mkdir(parents=True)
+        for path in list_images(src / role, role):
+            (dst / role / path.name).write_bytes(path.read_bytes())
+        (dst / role / '0025_0.8_0.04.png').write_bytes(next((src / role).iterdir()).read_bytes())
+    return dst
+
+
+def test_round_trip_is_bit_exact_with_sanitised_keys_and_labels(demo_root, tmp_path, capsys):
+    pairs = pairs_with_dotted_name(demo_root / 'test/rain', tmp_path / 'rain')
+    out_gt, out_lq = tmp_path / 'rain_gt.lmdb', tmp_path / 'rain_lq.lmdb'
+    create_lmdb.main(['--gt', str(pairs / 'gt'), '--lq', str(pairs / 'lq'), '--degradation', 'rain',
+                      '--out-gt', str(out_gt), '--out-lq', str(out_lq), '--verify'])
+    assert '5 keys verified' in capsys.readouterr().out
+    lines = (out_gt / 'meta_info.txt').read_text().splitlines()
+    assert lines[0] == '0025_0_8_0_04.png (32,32,3) 1'
+    assert read_labels(out_lq) == {line.split('.png')[0]: 'rain' for line in lines}
+    reader = LmdbReader(out_lq)
+    for path in list_images(pairs / 'lq', 'lq'):
+        stored = cv2.imdecode(np.frombuffer(reader.get(path.stem.replace('.', '_')), np.uint8), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(stored, cv2.imread(str(path), cv2.IMREAD_UNCHANGED))
+    with pytest.raises(KeyError, match=r"rain_lq\.lmdb: key 'nope' not found in LMDB"):
+        reader.get('nope')
+    with pytest.raises(FileExistsError, match=r'rain_gt\.lmdb: already exists; pass --overwrite'):
+        create_lmdb.main(['--gt', str(pairs / 'gt'), '--out-gt', str(out_gt)])
+    create_lmdb.main(['--gt', str(pairs / 'gt'), '--out-gt', str(out_gt), '--overwrite'])
+    assert len((out_gt / 'meta_info.txt').read_text().splitlines()) == 5
+    assert not list(tmp_path.glob('.*tmp*'))
+
+
+def test_basicsr_paired_image_dataset_reads_it(demo_root, tmp_path):
+    pairs = pairs_with_dotted_name(demo_root / 'test/haze', tmp_path / 'haze')
+    out_gt, out_lq = tmp_path / 'haze_gt.lmdb', tmp_path / 'haze_lq.lmdb'
+    create_lmdb.main(['--gt', str(pairs / 'gt'), '--lq', str(pairs / 'lq'), '--out-gt', str(out_gt),
+                      '--out-lq', str(out_lq)])
+    ds = build_dataset({'name': 'haze', 'type': 'PairedImageDataset', 'phase': 'val', 'scale': 1,
+                        'dataroot_gt': str(out_gt), 'dataroot_lq': str(out_lq), 'io_backend': {'type': 'lmdb'}})
+    assert len(ds) == 5
+    by_key = {ds[i]['lq_path']: ds[i] for i in range(len(ds))}
+    assert '0025_0_8_0_04' in by_key  # BasicSR splits names at the first dot: keys must not hold one
+    for path in list_images(pairs / 'lq', 'lq'):
+        item = by_key[path.stem.replace('.', '_')]
+        assert torch.equal(item['lq'], torch.from_numpy(read_image(path)).permute(2, 0, 1))
+        assert torch.equal(item['gt'], torch.from_numpy(read_image(pairs / 'gt' / path.name)).permute(2, 0, 1))
+
+
+def test_lmdb_sources_check_keys_and_labels(demo_root, tmp_path):
+    lmdb = demo_root / 'lmdb'
+    src = {'degradation': 'rain', 'type': 'lmdb', 'dataroot_gt': str(lmdb / 'train_rain_gt.lmdb'),
+           'dataroot_lq': str(lmdb / 'train_rain_lq.lmdb')}
+    opt = {'name': 'rain', 'type': 'MixedDegradationDataset', 'phase': 'val', 'sources': [src]}
+    ds = build_dataset(opt)
+    item = ds[0]
+    key = Path(item['lq_path']).name
+    expected = read_image(demo_root / f'train/rain/lq/{key}.png')
+    assert torch.equal(item['lq'], torch.from_numpy(expected).permute(2, 0, 1))
+    with pytest.raises(ValueError, match=r"train_rain_gt\.lmdb/meta_labels\.txt labels '.*' as 'rain', but the "
+                                         r"source is 'haze'"):
+        build_dataset({**opt, 'sources': [{**src, 'degradation': 'haze'}]})
+    few = tmp_path / 'few'
+    (few / 'lq').mkdir(parents=True)
+    for path in sorted((demo_root / 'train/rain/lq').iterdir())[:3]:
+        (few / 'lq' / path.name).write_bytes(path.read_bytes())
+    create_lmdb.main(['--gt', str(few / 'lq'), '--out-gt', str(tmp_path / 'few_lq.lmdb')])
+    with pytest.raises(ValueError, match=r"key '.*' of .*train_rain_gt\.lmdb is missing from .*few_lq\.lmdb"):
+        build_dataset({**opt, 'sources': [{**src, 'dataroot_lq': str(tmp_path / 'few_lq.lmdb')}]})
+    with pytest.raises(FileNotFoundError, match=r'nowhere\.lmdb: LMDB has no meta_info\.txt'):
+        build_dataset({**opt, 'sources': [{**src, 'dataroot_lq': str(tmp_path / 'nowhere.lmdb')}]})
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGKILL])
+def test_interrupted_creation_leaves_nothing_at_the_target(tmp_path, sig):
+    clean = tmp_path / 'clean'
+    clean.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(400):
+        cv2.imwrite(str(clean / f'{i:04d}.png'), rng.integers(0, 256, (96, 96, 3), dtype=np.uint8),
+                    [cv2.IMWRITE_PNG_COMPRESSION, 0])
+    out = tmp_path / 'noisy.lmdb'
+    proc = subprocess.Popen([PYTHON, str(ROOT / 'tools/create_lmdb.py'), '--gt', str(clean), '--synth', 'haze',
+                             '--compress-level', '9', '--out-gt', str(tmp_path / 'clean.lmdb'), '--out-lq', str(out)],
+                            env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob('.noisy.lmdb.tmp*/data.mdb')) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert proc.poll() is None, 'create_lmdb finished before it could be interrupted'
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert not out.exists() and not (tmp_path / 'clean.lmdb').exists()
+    if sig == signal.SIGTERM:  # unwinds: the temporaries are removed too
+        assert not list(tmp_path.glob('.*tmp*'))
+
+
+@pytest.mark.parametrize('context', ['fork', 'spawn'])
+def test_workers_share_one_lmdb_between_two_datasets(demo_root, context):
+    """py-lmdb >= 2 refuses a second open per process: two datasets on one LMDB, env opened in the parent first."""
+    clean = str(demo_root / 'lmdb' / 'train_clean.lmdb')
+    datasets = [build_dataset({'name': name, 'type': 'MixedDegradationDataset', 'phase': 'val',
+                               'sources': [{'degradation': name, 'type': 'synth', 'dataroot_gt': clean}]})
+                for name in ('noise25', 'noise50')]
+    expected = [ds[i]['lq'] for ds in datasets for i in range(len(ds))]  # opens the env in the parent
+    both = ConcatDataset(datasets)
+    loader = DataLoader(both, batch_size=1, num_workers=2, multiprocessing_context=context)
+    got = [batch['lq'][0] for batch in loader]
+    assert len(got) == len(expected) == 20
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    if context == 'fork':  # two loaders in turn, as train + val loaders on one LMDB
+        for ds in datasets:
+            assert len(list(DataLoader(ds, batch_size=1, num_workers=2, multiprocessing_context='fork'))) == 10
