@@ -151,6 +151,7 @@ class MixedDegradationDataset(data.Dataset):
 
     def __init__(self, opt: dict) -> None:
         super().__init__()
+        self.opt = opt  # BasicSR convention: validation reads dataloader.dataset.opt["name"]
         self.phase = opt.get('phase', 'train')
         where = f'datasets.{self.phase}'
         check_keys(opt, DATASET_KEYS, where)
