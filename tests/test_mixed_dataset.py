@@ -147,3 +147,13 @@ def test_bad_inputs_name_the_file_or_folder(demo_root, tmp_path):
     write_image(pair / 'lq' / name, np.zeros((16, 24, 3), np.float32))
     with pytest.raises(ValueError, match=rf'lq/gt size mismatch: .*{name} is \(16, 24\)'):
         build_dataset(opt)[0]
+
+
+def test_lmdb_variant_yields_the_same_samples_as_the_folders(demo_root, monkeypatch):
+    folders = build_dataset(demo_opt(demo_root, monkeypatch))
+    lmdbs = build_dataset(demo_opt(demo_root, monkeypatch, 'demo3_lmdb.yml'))
+    assert len(lmdbs) == len(folders) == 90
+    for index in (0, 35, 80):  # noise15 from the clean LMDB, rain and haze pairs
+        a, b = folders[index], lmdbs[index]
+        assert torch.equal(a['lq'], b['lq']) and torch.equal(a['gt'], b['gt'])
+        assert a['de_name'] == b['de_name'] and Path(a['gt_path']).stem == Path(b['gt_path']).name
