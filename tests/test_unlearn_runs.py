@@ -1,0 +1,77 @@
+"""UnlearnModel through the real launchers: a BasicSR arch (EDSR) unlearns haze from YAML alone (stop rule in
+BasicSR's own loop), and a 2-process torchrun unlearning run completes."""
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import ROOT, TORCHRUN, free_port, run_tool, tool_env, write_yaml
+
+BASE = ROOT / 'options' / '_base_'
+EDSR = {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': 1,
+        'img_range': 1.0, 'rgb_mean': [0.5, 0.5, 0.5]}
+SCHEDULE = {'warmup_iter': -1, 'optim_g': {'type': 'Adam', 'lr': 1e-3},
+            'scheduler': {'type': 'MultiStepRestartLR', 'milestones': [1000], 'gamma': 1.0}}
+LOADER = {'gt_size': 32, 'num_worker_per_gpu': 0, 'persistent_workers': False}
+
+
+@pytest.fixture(scope='module')
+def workspace(demo_root: Path) -> tuple[Path, str]:
+    """The tiny demo's parent dir and an EDSR 'original' trained on it for 30 iterations (tools/train.py)."""
+    cwd = demo_root.parents[1]
+    opt = {'_base_': [str(BASE / 'runtime.yml'), str(BASE / 'datasets' / 'demo3.yml')],
+           'name': 'orig_edsr', 'model_type': 'AllInOneModel', 'network_g': EDSR,
+           'datasets': {'train': {**LOADER, 'batch_size_per_gpu': 4}},
+           'train': {**SCHEDULE, 'total_iter': 30}, 'val': {'val_freq': 1000},
+           'logger': {'print_freq': 10, 'save_checkpoint_freq': 1000}}
+    proc = run_tool('train.py', ['-opt', write_yaml(cwd / 'orig_edsr.yml', opt)], cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd, str(cwd / 'experiments' / 'orig_edsr' / 'models' / 'net_g_latest.pth')
+
+
+def unlearn_yaml(cwd: Path, pretrained: str, name: str, total_iter: int, **train) -> str:
+    opt = {'_base_': [str(BASE / 'runtime.yml'), str(BASE / 'unlearn' / 'demo3_forget-haze.yml')],
+           'name': name, 'model_type': 'UnlearnModel', 'network_g': EDSR,
+           'path': {'pretrain_network_g': pretrained},
+           'datasets': {'train': {**LOADER, 'batch_size_per_gpu': 1}},
+           'train': {**SCHEDULE, 'total_iter': total_iter,
+                     'forget_opt': {'type': 'GradientAscentLoss', 'tau': 0.3},
+                     'retain_opt': {'type': 'L1Loss'},
+                     'adv_opt': {'type': 'AdversarialRetainLoss', 'eps': 0.008, 'steps': 1}, **train},
+           'val': {'val_freq': 3}, 'logger': {'print_freq': 1, 'save_checkpoint_freq': 3}}
+    return write_yaml(cwd / f'{name}.yml', opt)
+
+
+def test_basicsr_arch_unlearns_from_yaml_and_stop_rule_ends_early(workspace: tuple[Path, str]) -> None:
+    cwd, pretrained = workspace
+    option_file = unlearn_yaml(cwd, pretrained, 'unlearn_edsr', 9, stop_rule={'forget_psnr': 99.0})
+    proc = run_tool('train.py', ['-opt', option_file], cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exp = cwd / 'experiments' / 'unlearn_edsr'
+    log = json.loads((exp / 'train_log.json').read_text())
+    assert log['stopped']['iter'] == 3 and 'stop rule' in log['stopped']['reason']
+    assert 'haze' in log['val'][0][1] and 'rain' in log['val'][-1][1]
+    models = exp / 'models'
+    assert (models / 'net_g_3.pth').is_file() and not (models / 'net_g_6.pth').exists()
+    latest = torch.load(models / 'net_g_latest.pth', weights_only=True)['params']
+    at_stop = torch.load(models / 'net_g_3.pth', weights_only=True)['params']
+    original = torch.load(pretrained, weights_only=True)['params']
+    assert all(torch.equal(latest[k], at_stop[k]) for k in latest)
+    assert any(not torch.equal(latest[k], original[k]) for k in latest)
+    text = next(exp.glob('train_*.log')).read_text()
+    assert 'l_forget' in text and 'l_adv' in text and 'Unlearning stopped: stop rule' in text
+
+
+def test_torchrun_two_process_unlearning(workspace: tuple[Path, str]) -> None:
+    cwd, pretrained = workspace
+    option_file = unlearn_yaml(cwd, pretrained, 'unlearn_edsr_ddp', 4)
+    cmd = [TORCHRUN, '--nproc_per_node=2', f'--master_port={free_port()}', str(ROOT / 'tools' / 'train.py'),
+           '-opt', option_file, '--launcher', 'pytorch']
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=tool_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exp = cwd / 'experiments' / 'unlearn_edsr_ddp'
+    log = json.loads((exp / 'train_log.json').read_text())
+    assert log['iter'] == 4 and [it for it, _ in log['val']] == [3, 4]
+    assert 'world_size: 2' in next(exp.glob('train_*.log')).read_text()
+    assert (exp / 'models' / 'net_g_latest.pth').is_file()
