@@ -18,7 +18,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 import basicsr_unlearn  # noqa: F401  (plugin first: torchvision alias, registration)
-from basicsr_unlearn.data.demo_data import build_demo
+from basicsr_unlearn.data.demo_data import SPLITS, build_demo
 from basicsr_unlearn.data.mixed_degradation_dataset import MixedDegradationDataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / 'demo'
         build_demo(root, size=size, lmdb=True)
-        repeat = 20  # enough samples per epoch for the timed batches
+        repeat = (max(batches, iters) + 2) * args.batch // len(SPLITS["train"]) + 1  # one epoch covers the timing
         rates = {kind: samples_per_second(loader(dataset(src, gt_size, repeat), args.batch, 0), batches)
                  for kind, src in sources(root).items()}
         print(f'samples/s, {gt_size}-px train crops, batch {args.batch}, main process:')

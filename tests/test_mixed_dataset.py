@@ -157,3 +157,18 @@ def test_lmdb_variant_yields_the_same_samples_as_the_folders(demo_root, monkeypa
         a, b = folders[index], lmdbs[index]
         assert torch.equal(a['lq'], b['lq']) and torch.equal(a['gt'], b['gt'])
         assert a['de_name'] == b['de_name'] and Path(a['gt_path']).stem == Path(b['gt_path']).name
+
+
+def test_meta_source_reads_the_listed_pairs(demo_root, tmp_path):
+    pair = demo_root / 'test/haze'
+    names = sorted(p.name for p in (pair / 'gt').iterdir())
+    meta = tmp_path / 'pairs.txt'
+    meta.write_text('# gt lq\n' + ''.join(f'{name} {name}\n' for name in names[1:3]))
+    src = {**folder_source(pair, 'haze'), 'type': 'meta', 'meta_info_file': str(meta)}
+    opt = {'name': 'haze', 'type': 'MixedDegradationDataset', 'phase': 'test', 'sources': [src]}
+    ds, folder = build_dataset(opt), build_dataset({**opt, 'sources': [folder_source(pair, 'haze')]})
+    assert len(ds) == 2 and ds[0]['gt_path'] == folder[1]['gt_path']
+    assert torch.equal(ds[1]['lq'], folder[2]['lq'])
+    meta.write_text(f'{names[0]}\nmissing.png\n')
+    with pytest.raises(FileNotFoundError, match=r'pairs\.txt:2: image file not found: .*missing\.png'):
+        build_dataset(opt)

@@ -138,7 +138,8 @@ def _check_source(src: object, where: str) -> dict:
     repeat = src.get('repeat', 1)
     if not isinstance(repeat, int) or repeat < 1:
         raise ValueError(f'{where}.repeat: expected a positive integer, got {repeat!r}')
-    return src
+    paths = ('dataroot_gt', 'dataroot_lq', 'meta_info_file')
+    return {key: os.path.expanduser(str(value)) if key in paths else value for key, value in src.items()}
 
 
 @DATASET_REGISTRY.register()
