@@ -14,7 +14,7 @@ from helpers import PYTHON, ROOT, tool_env
 from torch.utils.data import ConcatDataset, DataLoader
 
 from basicsr_unlearn.data.image_io import list_images, read_image
-from basicsr_unlearn.data.lmdb_backend import LmdbReader, read_labels
+from basicsr_unlearn.data.lmdb_backend import LmdbReader, read_labels, write_lmdbs
 
 spec = importlib.util.spec_from_file_location('create_lmdb', ROOT / 'tools' / 'create_lmdb.py')
 create_lmdb = importlib.util.module_from_spec(spec)
@@ -135,3 +135,15 @@ def test_workers_share_one_lmdb_between_two_datasets(demo_root, context):
     if context == 'fork':  # two loaders in turn, as train + val loaders on one LMDB
         for ds in datasets:
             assert len(list(DataLoader(ds, batch_size=1, num_workers=2, multiprocessing_context='fork'))) == 10
+
+
+def test_map_grows_beyond_the_initial_size(tmp_path):
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(20)]  # ~250 KB of PNG
+    write_lmdbs({'gt': tmp_path / 'x.lmdb'}, ((f'{i}.png', {'gt': img}) for i, img in enumerate(images)),
+                map_size=1 << 14, batch=4)
+    reader = LmdbReader(tmp_path / 'x.lmdb')
+    assert reader.keys() == [str(i) for i in range(20)]
+    for i, img in enumerate(images):
+        stored = cv2.imdecode(np.frombuffer(reader.get(str(i)), np.uint8), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(stored[..., ::-1], img)
