@@ -172,3 +172,23 @@ def test_meta_source_reads_the_listed_pairs(demo_root, tmp_path):
     meta.write_text(f'{names[0]}\nmissing.png\n')
     with pytest.raises(FileNotFoundError, match=r'pairs\.txt:2: image file not found: .*missing\.png'):
         build_dataset(opt)
+
+
+def test_role_groups_keep_the_ratio_on_every_ddp_shard(demo_root, monkeypatch):
+    from basicsr.data import build_dataloader
+    from basicsr.data.data_sampler import EnlargedSampler
+
+    opt = demo_opt(demo_root, monkeypatch)
+    opt.update(forget=['haze'], role_group={'forget': 1, 'retain': 2}, gt_size=32, batch_size_per_gpu=3,
+               num_worker_per_gpu=0, persistent_workers=False, dataset_enlarge_ratio=2)
+    ds = build_dataset(opt)
+    shards = []
+    for rank in range(2):  # what BasicSR builds on each of 2 ranks
+        sampler = EnlargedSampler(ds, num_replicas=2, rank=rank, ratio=2)
+        loader = build_dataloader(ds, {**opt, 'phase': 'train'}, num_gpu=0, dist=True, sampler=sampler, seed=0)
+        shards.append([batch for batch in loader])
+    for batches in shards:
+        assert len(batches) == len(ds) * 2 // 2 // 3
+        for batch in batches:
+            assert batch['is_forget'].sum(dim=1).tolist() == [1] * 3
+            assert (batch['de_type'][:, 0] == DEGRADATIONS['haze']).all()
