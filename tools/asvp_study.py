@@ -1,0 +1,269 @@
+"""ASVP defence study: teacher PSNR change vs student PSNR drop over defences x attacks x students, in one process.
+
+Usage:
+    python tools/asvp_study.py --opt options/train/train_promptir-tiny_demo3_l1_2kit.yml \
+        --teacher experiments/train_promptir-tiny_demo3_l1_2kit/models/net_g_latest.pth --quick
+
+``--opt`` gives the teacher arch (``network_g``), the train set (``datasets.train``; its GT is never used by the
+students) and the evaluation sets (every other ``datasets`` entry, one per task). Without ``--teacher`` a teacher is
+trained first in this process (``--teacher-iters``, L1 on the train set). Every student run uses DistillModel with the
+same seed, data order and initialisation, so a student drop is the defence's effect alone. Output-only KD against an
+exposed-mode defence is not run: the teacher's outputs are bit-identical (checked here), so its student is the
+clean-teacher student, and the table says so. Writes ``study.json``, ``study.md`` and ``frontier.png`` under ``--out``.
+"""
+import argparse
+import copy
+import itertools
+import time
+from os import path as osp
+
+# isort: off
+import basicsr_unlearn  # noqa: F401  (plugin first: torchvision alias, registration)
+# isort: on
+import torch
+from basicsr.data import build_dataset
+from basicsr.models import build_model
+from basicsr.utils import set_random_seed
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from basicsr_unlearn.config import load_options
+from basicsr_unlearn.evaluation.metrics import evaluate
+from basicsr_unlearn.evaluation.report import markdown_table, scatter_chart
+from basicsr_unlearn.fileio import write_json, write_text
+
+STUDENTS = {
+    'restormer-tiny': ({'type': 'Restormer', 'inp_channels': 3, 'out_channels': 3, 'dim': 8,
+                        'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1, 'heads': [1, 1, 2, 2],
+                        'ffn_expansion_factor': 2.66, 'bias': False, 'LayerNorm_type': 'WithBias'}, 'same'),
+    'edsr-cnn': ({'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 24, 'num_block': 4, 'upscale': 1,
+                  'img_range': 1.0, 'rgb_mean': [0.5, 0.5, 0.5]}, 'body.3'),
+}
+ATTACKS = {  # name: (output KD weight, feature KD weight, attack)
+    'out': (1.0, 0.0, None),
+    'feat': (0.0, 1.0, None),
+    'feat+out': (1.0, 1.0, None),
+    'inverse+feat+out': (1.0, 1.0, 'inverse_asvp'),
+}
+
+
+def defence_grid(preset: str) -> list[dict]:
+    """ASVP blocks swept by the preset (``None``-free; the clean teacher is always run too)."""
+    if preset == 'quick':
+        return [
+            {'targets': ['decoder_level1'], 'k': 4, 'h': 8.0, 'layout': 'channel_space', 'mode': 'exposed'},
+            {'targets': ['decoder_level1'], 'k': 2, 'h': 8.0, 'layout': 'channel_map', 'mode': 'exposed'},
+            {'targets': ['decoder_level1'], 'layout': 'channel_map', 'mode': 'exposed',
+             'randomize': {'k': [1, 4], 'h': [2.0, 16.0]}, 'seed': 1234},
+            {'targets': ['decoder_level1'], 'k': 1, 'h': 1.5, 'layout': 'channel_space', 'mode': 'inline'},
+        ]
+    grid = []
+    for target, layout, (k, h) in itertools.product(['decoder_level1', 'latent'], ['channel_space', 'channel_map'],
+                                                   [(1, 2.0), (2, 4.0), (4, 8.0), (8, 8.0)]):
+        grid.append({'targets': [target], 'k': k, 'h': h, 'layout': layout, 'mode': 'exposed'})
+    for target, layout in itertools.product(['decoder_level1', 'latent'], ['channel_space', 'channel_map']):
+        grid.append({'targets': [target], 'layout': layout, 'mode': 'exposed',
+                     'randomize': {'k': [1, 4], 'h': [2.0, 16.0]}, 'seed': 1234})
+        for h in (1.1, 1.5, 2.0):
+            grid.append({'targets': [target], 'k': 1, 'h': h, 'layout': layout, 'mode': 'inline'})
+    return grid
+
+
+def defence_label(block: dict | None) -> str:
+    if block is None:
+        return 'clean'
+    params = 'rand' if block.get('randomize') else f"k{block['k']}h{block['h']:g}"
+    return f"{block['mode']}/{block['layout']}/{block['targets'][0]}/{params}"
+
+
+def model_options(tmp: str, name: str, network_g: dict, is_train: bool, iters: int = 1, **extra) -> dict:
+    """Options as BasicSR's ``parse_options`` leaves them (CPU, one process) for an in-process model."""
+    opt = {'name': name, 'model_type': extra.pop('model_type', 'AllInOneModel'), 'scale': 1, 'num_gpu': 0,
+           'is_train': is_train, 'dist': False, 'rank': 0, 'world_size': 1, 'manual_seed': 0,
+           'network_g': network_g, 'val': {'pad_multiple': 8},
+           'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None,
+                    **{k: osp.join(tmp, name, k) for k in ('models', 'training_states', 'log', 'visualization',
+                                                           'experiments_root')}},
+           'train': {'optim_g': {'type': 'AdamW', 'lr': 1e-3, 'weight_decay': 0.0, 'betas': [0.9, 0.999]},
+                     'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [iters], 'eta_min': 1e-5},
+                     'total_iter': iters, 'warmup_iter': -1}}
+    for key, value in extra.items():
+        if key == 'path':
+            opt['path'].update(value)
+        else:
+            opt[key] = value
+    return opt
+
+
+def batches(dataset, batch_size: int, seed: int):
+    """Endless shuffled batches, the same sequence for every run with the same seed."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        yield from DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=generator)
+
+
+def train(model, dataset, iters: int, batch_size: int, desc: str) -> None:
+    """``iters`` optimisation steps of ``model`` (feed_data / optimize_parameters / LR update) on ``dataset``."""
+    stream = batches(dataset, batch_size, seed=0)
+    for it in tqdm(range(1, iters + 1), desc=desc, leave=False):
+        model.update_learning_rate(it, -1)
+        model.feed_data(next(stream))
+        model.optimize_parameters(it)
+
+
+def per_task(model, loaders: dict) -> dict[str, dict[str, float]]:
+    """``{task: {'psnr', 'ssim'}}`` of ``model.restore`` over the evaluation sets."""
+    out = {}
+    for loader in loaders.values():
+        for de_name, m in evaluate(model.restore, loader)['per_degradation'].items():
+            out[de_name] = {'psnr': m['psnr'], 'ssim': m['ssim']}
+    return out
+
+
+def time_restore(model, loaders: dict, repeats: int = 2) -> float:
+    """Mean ms per image of ``model.restore`` over the evaluation images (best of ``repeats``)."""
+    images = [b['lq'] for loader in loaders.values() for b in loader]
+    best = float('inf')
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for lq in images:
+            model.restore(lq)
+        best = min(best, (time.perf_counter() - start) / sum(x.shape[0] for x in images))
+    return best * 1e3
+
+
+def main() -> None:  # noqa: C901  (one linear script)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--opt', required=True, help='YAML with the teacher arch (network_g) and datasets')
+    parser.add_argument('--teacher', help='teacher checkpoint ({params: ...}); trained here when absent')
+    parser.add_argument('--teacher-iters', type=int, default=600)
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument('--quick', action='store_const', dest='preset', const='quick')
+    preset.add_argument('--full', action='store_const', dest='preset', const='full')
+    parser.add_argument('--iters', type=int, help='student iterations (default: quick 150, full 600)')
+    parser.add_argument('--batch', type=int, default=4)
+    parser.add_argument('--patch', type=int, default=48)
+    parser.add_argument('--out', default='results/asvp_study')
+    args = parser.parse_args()
+    args.preset = args.preset or 'quick'
+    iters = args.iters or (150 if args.preset == 'quick' else 600)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    opt = load_options(args.opt)
+    teacher_block = opt['network_g']
+    train_opt = {**opt['datasets']['train'], 'phase': 'train', 'gt_size': args.patch, 'dataset_enlarge_ratio': 1,
+                 'scale': 1}
+    train_set = build_dataset(train_opt)
+    loaders = {}
+    for phase, block in opt['datasets'].items():
+        if phase != 'train':
+            loaders[phase] = DataLoader(build_dataset({**block, 'phase': 'val', 'scale': 1}), batch_size=1)
+    work = osp.join(args.out, 'runs')
+
+    teacher_path = args.teacher
+    if teacher_path is None:
+        set_random_seed(0)
+        teacher = build_model(model_options(work, 'teacher', teacher_block, True, args.teacher_iters))
+        train(teacher, train_set, args.teacher_iters, args.batch * 2, 'teacher (L1 on GT)')
+        teacher.save_network(teacher.net_g, 'net_g', -1)
+        teacher_path = osp.join(work, 'teacher', 'models', 'net_g_latest.pth')
+    elif not osp.isfile(teacher_path):
+        raise FileNotFoundError(f'--teacher: file not found: {teacher_path}')
+
+    def teacher_model(block: dict | None):
+        return build_model(model_options(work, 'teacher_eval', teacher_block, False,
+                                         path={'pretrain_network_g': teacher_path}, asvp=block))
+
+    clean_teacher = teacher_model(None)
+    teacher_clean = per_task(clean_teacher, loaders)
+    clean_ms = time_restore(clean_teacher, loaders)
+    probe = next(iter(loaders.values())).dataset[0]['lq'][None]
+    clean_probe = clean_teacher.restore(probe)
+
+    defences = [None, *defence_grid(args.preset)]
+    students = list(STUDENTS) if args.preset == 'full' else ['restormer-tiny']
+    runs = []
+    for block in defences:
+        label = defence_label(block)
+        for student in students:
+            for attack in ATTACKS:
+                if block is None and attack == 'inverse+feat+out':
+                    continue
+                if args.preset == 'quick' and block is not None and block['mode'] == 'inline' and attack != 'out':
+                    continue
+                runs.append((label, block, student, attack))
+    if args.preset == 'quick':  # the second student arch on the baseline and the strongest exposed setting
+        second = 'edsr-cnn'
+        runs += [(defence_label(b), b, second, 'feat+out') for b in defences[:3]]
+
+    results = {'teacher_clean': teacher_clean, 'defences': {}, 'students': [], 'iters': iters, 'preset': args.preset,
+               'teacher': teacher_path, 'metric_space': 'RGB'}
+    for block in defences[1:]:
+        model = teacher_model(block)
+        ms, base_ms = time_restore(model, loaders), time_restore(clean_teacher, loaders)  # side by side
+        identical = bool(torch.equal(model.restore(probe), clean_probe))
+        results['defences'][defence_label(block)] = {
+            'block': block, 'teacher': per_task(model, loaders), 'ms_per_image': ms, 'overhead_ratio': ms / base_ms,
+            'output_bit_identical': identical}
+    results['clean_ms_per_image'] = clean_ms
+
+    students_clean: dict = {}
+    for label, block, student, attack in tqdm(runs, desc='distillation runs'):
+        exposed_out = block is not None and block['mode'] == 'exposed' and attack == 'out'
+        if exposed_out and results['defences'][label]['output_bit_identical']:
+            metrics, derived = students_clean[(student, 'out')], True
+        else:
+            arch, tap = STUDENTS[student]
+            t_tap = block['targets'][0] if block else 'decoder_level1'
+            out_w, feat_w, attacker = ATTACKS[attack]
+            distill = {'output_weight': out_w, 'feature_weight': feat_w,
+                       'taps': [[t_tap if tap == 'same' else tap, t_tap]], 'attack': attacker,
+                       'attack_opt': {'layout': block['layout']} if attacker and block else {}}
+            set_random_seed(0)
+            model = build_model(model_options(
+                work, 'student', copy.deepcopy(arch), True, iters, model_type='DistillModel',
+                network_teacher=teacher_block, distill=distill, asvp=block,
+                path={'pretrain_network_teacher': teacher_path}))
+            train(model, train_set, iters, args.batch, f'{student} {attack} {label}')
+            metrics, derived = per_task(model, loaders), False
+        if block is None:
+            students_clean[(student, attack)] = metrics
+        base = students_clean[(student, attack.removeprefix('inverse+'))]
+        t_delta = {task: results['defences'][label]['teacher'][task]['psnr'] - teacher_clean[task]['psnr']
+                   for task in teacher_clean} if block else {task: 0.0 for task in teacher_clean}
+        results['students'].append({
+            'defence': label, 'student': student, 'attack': attack, 'derived_from_clean': derived,
+            'metrics': metrics, 'teacher_delta_psnr': t_delta,
+            'student_drop_psnr': {task: base[task]['psnr'] - metrics[task]['psnr'] for task in metrics}})
+        write_json(osp.join(args.out, 'study.json'), results)
+
+    rows, points = [], []
+    for r in results['students']:
+        d = results['defences'].get(r['defence'], {})
+        tasks = sorted(r['metrics'])
+        rows.append([r['defence'], r['student'], r['attack'] + (' (=clean, bit-identical)' if r['derived_from_clean']
+                                                                 else ''),
+                     ' '.join(f"{r['teacher_delta_psnr'][t]:+.2f}" for t in tasks),
+                     ' '.join(f"{r['metrics'][t]['psnr']:.2f}" for t in tasks),
+                     ' '.join(f"{r['student_drop_psnr'][t]:+.2f}" for t in tasks),
+                     f"{d.get('ms_per_image', clean_ms):.1f}", f"{d.get('overhead_ratio', 1.0):.2f}"])
+        if r['defence'] != 'clean':
+            for t in tasks:
+                points.append({'x': r['teacher_delta_psnr'][t], 'y': r['student_drop_psnr'][t], 'group': t,
+                               'label': f"{r['attack']}|{r['defence'].split('/')[1][8:]}|{r['student'][:4]}"})
+    tasks = ' '.join(sorted(teacher_clean))
+    clean_text = ', '.join(f"{t} {m['psnr']:.2f}" for t, m in teacher_clean.items())
+    header = ['defence', 'student', 'attack', f'teacher dPSNR ({tasks})', f'student PSNR ({tasks})',
+              f'student drop ({tasks})', 'ms/img', 'overhead x']
+    md = (f"# ASVP study ({args.preset}, {iters} student iters, PSNR on RGB, dB)\n\nteacher `{teacher_path}`, clean "
+          f"teacher PSNR: {clean_text}; unprotected "
+          f'forward {clean_ms:.1f} ms/img\n\n' + markdown_table(header, rows) + '\n')
+    write_text(osp.join(args.out, 'study.md'), md)
+    scatter_chart(osp.join(args.out, 'frontier.png'), points, 'teacher PSNR change (dB)', 'student PSNR drop (dB)',
+                  'ASVP frontier (per task)')
+    write_json(osp.join(args.out, 'study.json'), results)
+    tqdm.write(md)
+
+
+if __name__ == '__main__':
+    main()
