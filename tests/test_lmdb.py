@@ -147,3 +147,23 @@ def test_map_grows_beyond_the_initial_size(tmp_path):
     for i, img in enumerate(images):
         stored = cv2.imdecode(np.frombuffer(reader.get(str(i)), np.uint8), cv2.IMREAD_UNCHANGED)
         assert np.array_equal(stored[..., ::-1], img)
+
+
+def test_meta_pairs_of_different_names_keyed_by_lq(demo_root, tmp_path):
+    """SOTS style: several hazy inputs ``<id>_<A>_<beta>`` per clean ``<id>``."""
+    src = sorted((demo_root / 'test/haze/gt').iterdir())[0]
+    (tmp_path / 'target').mkdir()
+    (tmp_path / 'input').mkdir()
+    (tmp_path / 'target' / '0001.png').write_bytes(src.read_bytes())
+    for name in ('0001_0.8_0.2.png', '0001_1_0.1.png'):
+        (tmp_path / 'input' / name).write_bytes((demo_root / 'test/haze/lq' / src.name).read_bytes())
+    (tmp_path / 'pairs.txt').write_text('0001.png 0001_0.8_0.2.png\n0001.png 0001_1_0.1.png\n')
+    create_lmdb.main(['--gt', str(tmp_path / 'target'), '--lq', str(tmp_path / 'input'), '--meta',
+                      str(tmp_path / 'pairs.txt'), '--degradation', 'haze', '--out-gt', str(tmp_path / 'gt.lmdb'),
+                      '--out-lq', str(tmp_path / 'lq.lmdb')])
+    assert LmdbReader(tmp_path / 'gt.lmdb').keys() == ['0001_0_8_0_2', '0001_1_0_1']
+    ds = build_dataset({'name': 'sots', 'type': 'MixedDegradationDataset', 'phase': 'test', 'sources': [
+        {'degradation': 'haze', 'type': 'lmdb', 'dataroot_gt': str(tmp_path / 'gt.lmdb'),
+         'dataroot_lq': str(tmp_path / 'lq.lmdb')}]})
+    assert len(ds) == 2 and torch.equal(ds[0]['gt'], ds[1]['gt'])
+    assert torch.equal(ds[0]['gt'], torch.from_numpy(read_image(src)[:32, :32]).permute(2, 0, 1))

@@ -4,6 +4,9 @@ Usage:
     # paired folders (e.g. Rain100L) -> rain_gt.lmdb + rain_lq.lmdb, labelled 'rain'
     python tools/create_lmdb.py --gt Rain100L/target --lq Rain100L/input --degradation rain \\
         --out-gt datasets/rain_gt.lmdb --out-lq datasets/rain_lq.lmdb --verify
+    # pairs of different names (SOTS: input/0001_0.8_0.2.jpg -> target/0001.png), listed in a pair file
+    python tools/create_lmdb.py --gt SOTS/outdoor/target --lq SOTS/outdoor/input --meta sots_pairs.txt \\
+        --degradation haze --out-gt datasets/sots_gt.lmdb --out-lq datasets/sots_lq.lmdb
     # one folder of clean images (e.g. the denoising GT shared by the noise15/25/50 synth sources)
     python tools/create_lmdb.py --gt BSD400 --out-gt datasets/bsd400.lmdb
     # synthesis spec: clean folder + degradation -> fixed pairs (seeded), e.g. a frozen noise25 test set
@@ -24,14 +27,16 @@ from tqdm import tqdm
 import basicsr_unlearn  # noqa: F401  (plugin first: torchvision alias, registration)
 from basicsr_unlearn.data.degradation_names import check_name
 from basicsr_unlearn.data.degradations import synthesize
-from basicsr_unlearn.data.image_io import list_images, paired_images, read_image
+from basicsr_unlearn.data.image_io import list_images, meta_pairs, paired_images, read_image
 from basicsr_unlearn.data.lmdb_backend import verify_lmdb, write_lmdbs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--gt', required=True, help='folder of GT (clean) images')
-    parser.add_argument('--lq', help='folder of LQ images paired with --gt by file name')
+    parser.add_argument('--lq', help='folder of LQ images paired with --gt by file name (or by --meta)')
+    parser.add_argument('--meta', help='pair file, lines "<gt path> <lq path>" relative to --gt/--lq (names differ, '
+                                       'e.g. Rain100L, SOTS); keys are then the LQ names')
     parser.add_argument('--synth', help='synthesise LQ from --gt with this degradation (noise15/25/50, rain, haze)')
     parser.add_argument('--seed', type=int, default=0, help='synthesis seed (image i uses (seed, i))')
     parser.add_argument('--degradation', help='label written to meta_labels.txt (defaults to --synth)')
@@ -43,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--overwrite', action='store_true', help='replace existing output LMDBs')
     parser.add_argument('--verify', action='store_true', help='re-read and decode every key after writing')
     args = parser.parse_args(argv)
+    if args.meta and not args.lq:
+        parser.error('--meta needs --lq')
     if args.lq and args.synth:
         parser.error('--lq and --synth are exclusive: LQ images are either read or synthesised')
     if bool(args.lq or args.synth) != bool(args.out_lq):
@@ -57,10 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def items(args: argparse.Namespace) -> tuple[list, int]:
     """The ``(key, {role: image})`` generator for :func:`write_lmdbs` and the number of items."""
+    if args.meta:
+        pairs = meta_pairs(args.meta, args.gt, args.lq, '--meta')
+        return ((lq, {'gt': read_image(gt), 'lq': read_image(lq)}) for gt, lq in pairs), len(pairs)
     if args.lq:
         pairs = paired_images(args.gt, args.lq, '--gt/--lq')
-        gen = ((gt, {'gt': read_image(gt), 'lq': read_image(lq)}) for gt, lq in pairs)
-        return gen, len(pairs)
+        return ((gt, {'gt': read_image(gt), 'lq': read_image(lq)}) for gt, lq in pairs), len(pairs)
     files = list_images(args.gt, '--gt')
     if args.synth:
         def synth(index: int, path: str) -> dict[str, np.ndarray]:

@@ -80,3 +80,28 @@ def paired_images(gt_root: str | os.PathLike, lq_root: str | os.PathLike, where:
         if gt.name not in lq_names:
             raise ValueError(f'{where}: GT image {gt} has no LQ image of the same name in {lq_root}')
     return [(str(gt), str(lq_root / gt.name)) for gt in gts]
+
+
+def meta_pairs(meta_file: str | os.PathLike, gt_root: str | os.PathLike, lq_root: str | os.PathLike,
+               where: str) -> list[tuple[str, str]]:
+    """``(gt_path, lq_path)`` listed in a pair file: lines ``<gt path> [<lq path>]`` relative to the two roots (one
+    column: the same name in both; ``#`` starts a comment line). For benchmarks whose pairs differ in name, e.g.
+    Rain100L ``norain-1.png rain-1.png`` or SOTS ``0001.png 0001_0.8_0.2.jpg``."""
+    meta = Path(meta_file)
+    if not meta.is_file():
+        raise FileNotFoundError(f'{where}: file not found: {meta}')
+    pairs = []
+    for number, line in enumerate(meta.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts or parts[0].startswith('#'):
+            continue
+        if len(parts) > 2:
+            raise ValueError(f'{meta}:{number}: expected "<gt path> [<lq path>]", got {line!r}')
+        gt, lq = Path(gt_root) / parts[0], Path(lq_root) / parts[-1]
+        for path in (gt, lq):
+            if not path.is_file():
+                raise FileNotFoundError(f'{meta}:{number}: image file not found: {path}')
+        pairs.append((str(gt), str(lq)))
+    if not pairs:
+        raise ValueError(f'{where}: no pairs listed in {meta}')
+    return pairs

@@ -51,7 +51,7 @@ from torch.utils import data
 from basicsr_unlearn.config import check_keys
 from basicsr_unlearn.data.degradation_names import check_name, de_type
 from basicsr_unlearn.data.degradations import HAZE_DEFAULTS, NOISE_SIGMAS, RAIN_DEFAULTS, synthesize
-from basicsr_unlearn.data.image_io import decode_image, list_images, paired_images, read_image
+from basicsr_unlearn.data.image_io import decode_image, list_images, meta_pairs, paired_images, read_image
 from basicsr_unlearn.data.lmdb_backend import LmdbReader, read_labels
 
 SIZE_MULTIPLE = 8
@@ -74,27 +74,6 @@ class Record:
     source: int
     gt: str
     lq: str | None
-
-
-def _meta_pairs(src: dict, where: str) -> list[tuple[str, str]]:
-    meta = Path(src['meta_info_file'])
-    if not meta.is_file():
-        raise FileNotFoundError(f'{where}.meta_info_file: file not found: {meta}')
-    pairs = []
-    for number, line in enumerate(meta.read_text().splitlines(), 1):
-        parts = line.split()
-        if not parts or parts[0].startswith('#'):
-            continue
-        if len(parts) > 2:
-            raise ValueError(f'{meta}:{number}: expected "<gt path> [<lq path>]", got {line!r}')
-        gt, lq = Path(src['dataroot_gt']) / parts[0], Path(src['dataroot_lq']) / parts[-1]
-        for path in (gt, lq):
-            if not path.is_file():
-                raise FileNotFoundError(f'{meta}:{number}: image file not found: {path}')
-        pairs.append((str(gt), str(lq)))
-    if not pairs:
-        raise ValueError(f'{where}.meta_info_file: no pairs listed in {meta}')
-    return pairs
 
 
 def _lmdb_pairs(src: dict, where: str) -> list[tuple[str, str]]:
@@ -184,7 +163,7 @@ class MixedDegradationDataset(data.Dataset):
         if kind == 'folder':
             pairs = paired_images(Path(src['dataroot_gt']), Path(src['dataroot_lq']), where)
         elif kind == 'meta':
-            pairs = _meta_pairs(src, where)
+            pairs = meta_pairs(src['meta_info_file'], src['dataroot_gt'], src['dataroot_lq'], f'{where}.meta_info_file')
         elif kind == 'lmdb':
             self.readers[src['dataroot_gt']] = LmdbReader(src['dataroot_gt'])
             self.readers[src['dataroot_lq']] = LmdbReader(src['dataroot_lq'])
