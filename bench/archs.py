@@ -1,11 +1,12 @@
 """Forward+backward time and training activation memory of PromptIR and AdaIR relative to Restormer, same size.
 
 Usage:
-    python bench/archs.py            # published sizes, batch 1 at 128 px (about 1-2 min on 1 CPU thread)
-    python bench/archs.py --quick    # tiny configs of options/_base_/archs, batch 8 at 64 px (about 15 s)
+    python bench/archs.py            # published sizes, batch 1 at 128 px (about 10 min on a loaded 2-core machine)
+    python bench/archs.py --quick    # tiny configs of options/_base_/archs, batch 8 at 64 px (about 20-30 s)
 
 Time: median wall time of ``--iters`` forward+backward passes (L1 loss) after one warm-up, one CPU thread
-(``torch.set_num_threads(1)``) so the numbers do not depend on other load on a shared machine's cores.
+(``torch.set_num_threads(1)``); the passes of the three archs are interleaved so that load from other processes
+on a shared machine shifts all three alike and the ratios stay meaningful.
 Memory: bytes of the activations autograd saves for backward, counted with ``torch.autograd.graph.saved_tensors_hooks``
 during one forward pass (each storage counted once), plus parameter and gradient bytes. This is the part of peak
 training memory that depends on the architecture; allocator slack and optimizer state are not included
@@ -55,27 +56,38 @@ def saved_activation_bytes(net: torch.nn.Module, x: torch.Tensor) -> int:
     return sum(storages.values())
 
 
-def fwd_bwd_ms(net: torch.nn.Module, x: torch.Tensor, iters: int) -> float:
-    """Median milliseconds of one forward + L1 backward pass (after one warm-up pass)."""
-    target = torch.rand_like(x)
-    times = []
-    for i in range(iters + 1):
-        net.zero_grad(set_to_none=True)
-        start = time.perf_counter()
-        torch.nn.functional.l1_loss(net(x), target).backward()
-        if i:
-            times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+def fwd_bwd_pass_ms(net: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> float:
+    """Milliseconds of one forward + L1 backward pass."""
+    net.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    torch.nn.functional.l1_loss(net(x), target).backward()
+    return (time.perf_counter() - start) * 1000
 
 
-def measure(name: str, quick: bool, batch: int, size: int, iters: int) -> dict:
-    torch.manual_seed(0)
-    net = build_network(network_opt(name, quick)).train()
+def measure(quick: bool, batch: int, size: int, iters: int) -> list[dict]:
+    """Params, median fwd+bwd ms and memory of each arch; timed passes are interleaved across the archs, so load
+    from other processes drifting during the run affects all of them alike."""
     x = torch.rand(batch, 3, size, size)
-    param_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
-    act = saved_activation_bytes(net, x)
-    return {'arch': name, 'params': sum(p.numel() for p in net.parameters()), 'ms': fwd_bwd_ms(net, x, iters),
-            'activation_mb': act / 2**20, 'train_mb': (act + 2 * param_bytes) / 2**20}
+    target = torch.rand_like(x)
+    nets = {}
+    for name in NAMES:
+        torch.manual_seed(0)
+        nets[name] = build_network(network_opt(name, quick)).train()
+    times: dict[str, list[float]] = {name: [] for name in NAMES}
+    for i in range(iters + 1):  # pass 0 is the warm-up
+        for name, net in nets.items():
+            ms = fwd_bwd_pass_ms(net, x, target)
+            if i:
+                times[name].append(ms)
+    results = []
+    for name, net in nets.items():
+        net.zero_grad(set_to_none=True)
+        param_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+        act = saved_activation_bytes(net, x)
+        results.append({'arch': name, 'params': sum(p.numel() for p in net.parameters()),
+                        'ms': statistics.median(times[name]), 'activation_mb': act / 2**20,
+                        'train_mb': (act + 2 * param_bytes) / 2**20})
+    return results
 
 
 def main() -> None:
@@ -90,7 +102,7 @@ def main() -> None:
     size = args.size or (64 if args.quick else 128)
     torch.set_num_threads(1)
 
-    results = [measure(name, args.quick, batch, size, args.iters) for name in NAMES]
+    results = measure(args.quick, batch, size, args.iters)
     base = results[0]
     rows = [[r['arch'], f"{r['params']:,}", r['ms'], r['ms'] / base['ms'], r['activation_mb'], r['train_mb'],
              r['train_mb'] / base['train_mb']] for r in results]
