@@ -32,11 +32,13 @@ def svd_top_k(m: torch.Tensor, k: int, h: float) -> torch.Tensor:
     return ((u * s[..., None, :]) @ vh).to(m.dtype)
 
 
-def main() -> None:
+def main() -> dict[str, float]:
+    """Print the timings; return the headline ratios (bench/run_all.py collects them)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true')
     args = parser.parse_args()
     repeats = 3 if args.quick else 10
+    ratios = {}
     shapes = [(4, 48, 64 * 64), (8 * 48, 64, 64)] if args.quick else [(4, 48, 128 * 128), (8 * 48, 128, 128),
                                                                        (4, 180, 64 * 64)]
     for shape in shapes:
@@ -46,6 +48,7 @@ def main() -> None:
         err = (scale_top_singular(m, 4, 4.0) - svd_top_k(m, 4, 4.0)).abs().max().item()
         print(f'{str(shape):>20}: gram+eigh {t_gram * 1e3:8.1f} ms, svd {t_svd * 1e3:8.1f} ms, '
               f'svd/gram ratio {t_svd / t_gram:6.2f}, max abs diff {err:.1e}')
+        ratios[f'ASVP top-k: svd time / gram+eigh time, {shape}'] = t_svd / t_gram
     torch.manual_seed(0)
     net = EDSR(3, 3, num_feat=48, num_block=4, upscale=1, img_range=1.0, rgb_mean=[0.5] * 3).eval()
     x = torch.rand(2, 3, 128, 128)
@@ -57,6 +60,8 @@ def main() -> None:
             defense.remove()
             print(f'hook overhead ({layout}, 2 layers, EDSR 48ch, 2x128px): {hooked / plain:.2f}x the unprotected '
                   f'forward ({plain * 1e3 / 2:.1f} -> {hooked * 1e3 / 2:.1f} ms/image)')
+            ratios[f'ASVP hooked / plain forward ({layout})'] = hooked / plain
+    return ratios
 
 
 if __name__ == '__main__':

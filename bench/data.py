@@ -81,7 +81,8 @@ def training_share(dl: DataLoader, iters: int) -> tuple[float, float]:
     return wait / iters, step / iters
 
 
-def main() -> None:
+def main() -> dict[str, float]:
+    """Print the rates; return the headline ratios (bench/run_all.py collects them)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true', help='tiny demo set, fewer batches (make bench)')
     parser.add_argument('--workers', type=int, default=2, help='DataLoader workers for the with-workers runs')
@@ -98,6 +99,8 @@ def main() -> None:
         for _ in range(3):  # interleaved rounds, best of 3: the machine is shared
             for kind, dl in loaders.items():
                 rates[kind] = max(rates[kind], samples_per_second(dl, batches))
+        ratios = {f'data: {kind} samples/s / folder samples/s': rate / rates['folder'] for kind, rate in rates.items()
+                  if kind != 'folder'}
         print(f'samples/s, {gt_size}-px train crops, batch {args.batch}, main process, best of 3 rounds:')
         for kind, rate in rates.items():
             print(f'  {kind:6s} {rate:8.1f}   x{rate / rates["folder"]:.2f} of folder')
@@ -110,6 +113,8 @@ def main() -> None:
             wait, step = training_share(loader(ds, args.batch, workers), iters)
             print(f'tiny PromptIR iteration, {workers} workers: data wait {wait * 1e3:.1f} ms, step '
                   f'{step * 1e3:.1f} ms, data share {wait / (wait + step):.1%}')
+            ratios[f'data: share of data wait in a training iteration, {workers} workers'] = wait / (wait + step)
+    return ratios
 
 
 if __name__ == '__main__':

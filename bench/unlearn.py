@@ -55,7 +55,8 @@ def time_steps(model, batch: dict, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
+def main() -> dict[str, float]:
+    """Print the step times; return the ratios (bench/run_all.py collects them)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--quick', action='store_true', help='32-px patches, 3 repeats')
     args = parser.parse_args()
@@ -93,6 +94,7 @@ def main() -> None:
     for method, n, seconds, ratio in rows:
         print(f'{method:<22}{n:>8}{seconds:>10.4f}{ratio:>8.2f}')
     sys.stdout.flush()
+    return {f'unlearn: {method} step / plain L1 step': ratio for method, _, _, ratio in rows}
 
 
 if __name__ == '__main__':
