@@ -90,7 +90,8 @@ def measure(quick: bool, batch: int, size: int, iters: int) -> list[dict]:
     return results
 
 
-def main() -> None:
+def main() -> dict[str, float]:
+    """Print the table; return the ratios to Restormer (bench/run_all.py collects them)."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--quick', action='store_true', help='tiny configs, batch 8 at 64 px')
     parser.add_argument('--batch', type=int, help='batch size (default 8 quick, 1 full)')
@@ -114,6 +115,11 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({'batch': batch, 'size': size, 'quick': args.quick, 'results': results},
                                         indent=2))
+    ratios = {}
+    for r in results[1:]:
+        ratios[f"archs: {r['arch']} / Restormer fwd+bwd time"] = r['ms'] / base['ms']
+        ratios[f"archs: {r['arch']} / Restormer training memory"] = r['train_mb'] / base['train_mb']
+    return ratios
 
 
 if __name__ == '__main__':
