@@ -15,7 +15,7 @@ $(VENV)/.installed: setup.py
 	touch $@
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests --durations=15
 
 demo: $(VENV)/.installed
 	$(PY) tools/demo.py
