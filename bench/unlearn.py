@@ -86,7 +86,8 @@ def main() -> dict[str, float]:
                 plain = AllInOneModel(model_options(opt, tmp / f'plain{n}', plain_train))
                 plain_batch = {'lq': batch['lq'].flatten(0, 1), 'gt': batch['gt'].flatten(0, 1)}
                 plain_cache[n] = time_steps(plain, plain_batch, repeats)
-            model = UnlearnModel(model_options(opt, tmp / file.stem, opt['train'], adapted_network_g=str(adapted)))
+            model = UnlearnModel(model_options(opt, tmp / file.stem, opt['train'],
+                                               pretrain_network_adapted=str(adapted)))
             seconds = time_steps(model, batch, repeats)
             rows.append((file.stem.split('_')[3], n, seconds, seconds / plain_cache[n]))
     print(f'patch {size} px, median of {repeats} steps; ratio = unlearning step / plain L1 step on the same samples')

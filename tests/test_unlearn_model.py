@@ -160,11 +160,12 @@ def test_adapt_then_unlearn_and_task_vector(tmp_path: Path, pretrained: str) -> 
                                                   'repulsion_opt': {'type': 'ParameterRepulsionLoss', 'form': 'el2',
                                                                     'alpha': 1.0, 'loss_weight': 0.01},
                                                   'optim_g': {'type': 'Adam', 'lr': 1e-3}},
-                                 pretrained, adapted_network_g=adapted))
+                                 pretrained, pretrain_network_adapted=adapted))
     run(repel, 5)
     assert repel.log_dict['l_repulsion'] < 0.01 * 100 * torch.exp(torch.tensor(-1.0)).item()  # moved away
 
-    tv = UnlearnModel(options(tmp_path / 't', {'task_vector': {'scale': 0.5}}, pretrained, adapted_network_g=adapted))
+    tv = UnlearnModel(options(tmp_path / 't', {'task_vector': {'scale': 0.5}}, pretrained,
+                              pretrain_network_adapted=adapted))
     state = tv.get_bare_model(tv.net_g).state_dict()
     for key, value in theta0.items():
         torch.testing.assert_close(state[key], value - 0.5 * (theta_n[key] - value))
@@ -240,7 +241,7 @@ def test_divergence_guard_explosion(tmp_path: Path, pretrained: str) -> None:
      "train.stop_rule.de_name: unknown 'hazy'"),
     ({'retain_opt': {'type': 'L1Loss'}, 'guard': {'explode': 3}}, "train.guard: unknown key 'explode'"),
     ({'repulsion_opt': {'type': 'ParameterRepulsionLoss'}, 'retain_opt': {'type': 'L1Loss'}},
-     'path.adapted_network_g: required'),
+     'path.pretrain_network_adapted: required'),
 ])
 def test_option_errors_name_the_key(tmp_path: Path, train: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):

@@ -14,11 +14,12 @@ the batch plus its adversarial copies (DDP-safe):
 - ``adv_opt``: ``{type: AdversarialRetainLoss, eps, steps, step_size, attack: original|current}``: PGD copies of the
   retain inputs (made against the frozen original by default) restored to their clean targets.
 - ``distill_opt``: retain outputs against the frozen original's outputs (SCRUB's min step).
-- ``repulsion_opt``: ``ParameterRepulsionLoss`` from ``path.adapted_network_g`` (distance normalised by ``theta_0``'s).
+- ``repulsion_opt``: ``ParameterRepulsionLoss`` from ``path.pretrain_network_adapted`` (distance normalised by
+  ``theta_0``'s; the key contains ``pretrain_network`` so BasicSR's ``make_exp_dirs`` does not mkdir it).
 - ``anchor_opt``: ``ParameterAnchorLoss`` to ``theta_0`` (Fisher from the first batch's forget samples if
   ``importance: fisher``).
 - ``task_vector: {scale}``: at start, ``theta = theta_0 - scale * (theta_N - theta_0)`` with ``theta_N`` from
-  ``path.adapted_network_g`` (use ``total_iter: 0`` for the pure arithmetic baseline).
+  ``path.pretrain_network_adapted`` (use ``total_iter: 0`` for the pure arithmetic baseline).
 - ``stop_rule: {forget_psnr | reference, de_name, margin}``: after a validation whose set holds the forget type,
   stop once its PSNR <= target + margin (``reference``: a checkpoint of the retrained-without-X model evaluated on
   that set). Stopping makes the remaining iterations no-ops (no update, no checkpoint, no wall time), so any BasicSR
@@ -119,7 +120,8 @@ class UnlearnModel(AllInOneModel):
             self.adapted_params = [p for p in adapted.parameters()]
             self.repulsion_norm = parameter_distance(list(bare.parameters()), self.adapted_params).item()
             if not self.repulsion_norm > 0:
-                raise ValueError('path.adapted_network_g: the adapted network equals the original; nothing to repel')
+                raise ValueError('path.pretrain_network_adapted: the adapted network equals the original; '
+                                 'nothing to repel')
         self._good_state = self._snapshot()
         super().init_training_settings()  # AllInOneModel/SRModel: EMA, pixel loss (unused here), optimizer, scheduler
 
@@ -141,15 +143,15 @@ class UnlearnModel(AllInOneModel):
         return frozen
 
     def _load_adapted(self, bare: nn.Module) -> nn.Module:
-        path = self.opt['path'].get('adapted_network_g')
+        path = self.opt['path'].get('pretrain_network_adapted')
         if not path:
-            raise ValueError('path.adapted_network_g: required by train.repulsion_opt / train.task_vector '
+            raise ValueError('path.pretrain_network_adapted: required by train.repulsion_opt / train.task_vector '
                              '(the checkpoint adapted to the forget data, stage 1)')
         adapted = build_network(self.opt['network_g']).to(self.device)
         try:
             self.load_network(adapted, path, True, 'params')
         except FileNotFoundError as err:
-            raise FileNotFoundError(f'path.adapted_network_g: file not found: {path}') from err
+            raise FileNotFoundError(f'path.pretrain_network_adapted: file not found: {path}') from err
         return self._frozen_copy(adapted)
 
     def _snapshot(self) -> dict[str, torch.Tensor]:
