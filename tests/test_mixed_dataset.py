@@ -43,7 +43,7 @@ def test_demo_layout_matches_the_manifest(demo_root):
 
 def test_train_items_follow_the_batch_contract(demo_root, monkeypatch):
     ds = build_dataset(demo_opt(demo_root, monkeypatch))
-    assert len(ds) == 90  # 10 photos x (noise15 + noise25 + noise50 + rain x3 + haze x3)
+    assert len(ds) == 90  # 10 photos x (noise15 + noise25 + noise50) + 30 rain + 30 haze pairs
     names = {}
     for index in range(len(ds)):
         item = ds[index]
@@ -52,9 +52,9 @@ def test_train_items_follow_the_batch_contract(demo_root, monkeypatch):
         assert item['de_type'] == DEGRADATIONS[item['de_name']] and item['role'] == 'retain'
         assert isinstance(item['lq_path'], str) and isinstance(item['gt_path'], str)
         names[item['de_name']] = names.get(item['de_name'], 0) + 1
-    assert names == {'noise15': 10, 'noise25': 10, 'noise50': 10, 'rain': 30, 'haze': 30}  # repeat balances
-    noise = ds[15]  # a noise25 sample: measured sigma of lq - gt
-    assert noise['de_name'] == 'noise25'
+    assert names == {'noise15': 10, 'noise25': 10, 'noise50': 10, 'rain': 30, 'haze': 30}  # 3 versions per photo balance
+    noise = ds[11]  # a noise25 sample on a mid-grey photo (little clipping): measured sigma of lq - gt
+    assert noise['de_name'] == 'noise25' and noise['gt_path'].endswith('brick.png')
     assert float((noise['lq'] - noise['gt']).std()) * 255 == pytest.approx(25, rel=0.15)
 
 
@@ -91,8 +91,8 @@ def test_role_groups_hold_the_exact_ratio_in_every_batch(demo_root, monkeypatch)
         assert batch['role'][0] == ('forget',) * len(batch['lq']) and batch['role'][4][0] == 'retain'
         seen_forget.update(p for column in batch['gt_path'][:2] for p in column)
         seen_retain.update(p for column in batch['gt_path'][2:] for p in column)
-    assert len(seen_forget) == 10  # one pass covers every haze pair
-    assert len(seen_retain) == 20  # 10 rain pairs + 10 clean photos (noise)
+    assert len(seen_forget) == 30  # one pass covers every haze pair
+    assert len(seen_retain) == 40  # 30 rain pairs + 10 clean photos (noise)
     again = build_dataset(opt)
     assert again[7]['gt_path'] == ds[7]['gt_path']  # the group is a function of (seed, index)
 

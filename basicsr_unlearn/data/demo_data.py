@@ -25,7 +25,7 @@ Layout under ``out`` (all PNG, paired files share a name)::
 Sizes: ``demo`` resizes train photos to a 224-px short side (long side at most 320, so 64-px patches are plentiful),
 pre-synthesises 3 rain and 3 haze versions of each (30 pairs per type, ``<photo>_<v>.png``) and cuts 3 crops of
 96 px per val/test photo: 6 val and 12 test images per degradation. ``tiny`` (tests) uses a 64-px short side (long
-side at most 96), one version per photo and one 32-px crop per val/test photo. (With 128-px photos and one version
+side at most 96), 3 versions per photo and one 32-px crop per val/test photo. (With 128-px photos and one version
 each, the 3-task model memorised the 10 haze pairs and fell 8-10 dB below the 2-task reference on every val set.)
 
 Example:
@@ -72,7 +72,7 @@ class DemoSize:
     variants: int  # pre-synthesised (lq, gt) pairs per train photo and type, as RESIDE has several hazy versions
 
 
-SIZES = {'demo': DemoSize(224, 320, 96, 3, 3, 3), 'tiny': DemoSize(64, 96, 32, 1, 1, 1)}
+SIZES = {'demo': DemoSize(224, 320, 96, 3, 3, 3), 'tiny': DemoSize(64, 96, 32, 1, 1, 3)}
 
 
 def load_photo(name: str) -> tuple[np.ndarray, np.ndarray | None]:
