@@ -52,7 +52,7 @@ def test_train_items_follow_the_batch_contract(demo_root, monkeypatch):
         assert item['de_type'] == DEGRADATIONS[item['de_name']] and item['role'] == 'retain'
         assert isinstance(item['lq_path'], str) and isinstance(item['gt_path'], str)
         names[item['de_name']] = names.get(item['de_name'], 0) + 1
-    assert names == {'noise15': 10, 'noise25': 10, 'noise50': 10, 'rain': 30, 'haze': 30}  # 3 versions per photo balance
+    assert names == {'noise15': 10, 'noise25': 10, 'noise50': 10, 'rain': 30, 'haze': 30}  # 3 versions/photo
     noise = ds[11]  # a noise25 sample on a mid-grey photo (little clipping): measured sigma of lq - gt
     assert noise['de_name'] == 'noise25' and noise['gt_path'].endswith('brick.png')
     assert float((noise['lq'] - noise['gt']).std()) * 255 == pytest.approx(25, rel=0.15)

@@ -160,7 +160,7 @@ class Runner:
         for name in self.running:
             lines = [ln for ln in (OUT / 'logs' / f'{name}.log').read_text().splitlines() if 'iter:' in ln]
             if lines:
-                self.log(name, lines[-1].split('] ', 1)[-1][:110])
+                self.log(name, lines[-1].split('INFO: ', 1)[-1][:120])
 
     def run(self) -> dict[str, float]:
         pending = list(self.stages)

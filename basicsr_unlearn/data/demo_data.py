@@ -169,7 +169,8 @@ def build_demo(out: str | os.PathLike, size: str = 'demo', seed: int = 0, lmdb: 
             for de_name in PRESYNTH:
                 for v in range(dims.variants):
                     rng = _rng(seed, 'train', de_name, index * dims.variants + v)
-                    lq = synthesize(de_name, gt, rng, depth=depth) if de_name == 'haze' else synthesize(de_name, gt, rng)
+                    extra = {'depth': depth} if de_name == 'haze' else {}
+                    lq = synthesize(de_name, gt, rng, **extra)
                     _write_pair(tmp / 'train' / de_name, f'{name}_{v}', gt, lq)
         count = len(SPLITS['train']) * dims.variants
         for de_name in PRESYNTH:
