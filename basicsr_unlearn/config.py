@@ -76,7 +76,8 @@ def validate_options(opt: dict, where: str = 'options') -> None:
     """Fail fast on names BasicSR would only reject deep inside a run.
 
     Checks ``model_type`` and ``network_*.type`` against the registries (listing the registered names), runs the
-    model class's ``check_options(opt)`` if it has one, checks the ``datasets.*.type`` names, and that
+    model class's ``check_options(opt)`` if it has one, checks the ``datasets.*.type`` names (and runs a dataset
+    class's ``check_options(block, where)``), and that
     ``path.pretrain_network_*`` files exist.
     """
     from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY
@@ -96,6 +97,9 @@ def validate_options(opt: dict, where: str = 'options') -> None:
         if block.get('type') not in DATASET_REGISTRY._obj_map:
             raise ValueError(f"{where}: datasets.{phase}.type: unknown '{block.get('type')}'; "
                              f'expected one of {_registered(DATASET_REGISTRY)}')
+        check = getattr(DATASET_REGISTRY.get(block['type']), 'check_options', None)
+        if check is not None:  # plugin datasets check their sources and names without reading files
+            check(block, f'datasets.{phase}')
     for key, value in (opt.get('path') or {}).items():
         if key.startswith('pretrain_network_') and value is not None and not osp.isfile(osp.expanduser(value)):
             raise FileNotFoundError(f'{where}: path.{key}: file not found: {value}')

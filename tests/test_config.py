@@ -54,3 +54,15 @@ def test_launcher_rejects_typo_in_plugin_key(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "val: unknown key 'tilee'" in proc.stderr and "(did you mean 'tile'?)" in proc.stderr
     assert not (tmp_path / 'experiments').exists()
+
+
+def test_launcher_rejects_unknown_degradation_name_before_creating_folders(tmp_path: Path) -> None:
+    option_file = tiny_workspace(tmp_path)
+    opt = yaml.safe_load(Path(option_file).read_text())
+    opt['datasets']['val_haze'] = {'name': 'haze', 'type': 'MixedDegradationDataset', 'sources': [
+        {'degradation': 'rain', 'type': 'folder', 'dataroot_gt': 'x/gt', 'dataroot_lq': 'x/lq'},
+        {'degradation': 'hazy', 'type': 'folder', 'dataroot_gt': 'y/gt', 'dataroot_lq': 'y/lq'}]}
+    proc = run_tool('train.py', ['-opt', write_yaml(option_file, opt)], tmp_path)
+    assert proc.returncode != 0
+    assert "datasets.val_haze.sources[1].degradation: unknown 'hazy'; expected one of noise15" in proc.stderr
+    assert not (tmp_path / 'experiments').exists()

@@ -121,6 +121,20 @@ def _check_source(src: object, where: str) -> dict:
     return {key: os.path.expanduser(str(value)) if key in paths else value for key, value in src.items()}
 
 
+def _check_forget(forget: object, sources: list[dict], where: str) -> frozenset[str]:
+    if isinstance(forget, str):
+        forget = [forget]
+    if not isinstance(forget, list):
+        raise ValueError(f'{where}: expected a list of degradation names, got {forget!r}')
+    present = sorted({src['degradation'] for src in sources})
+    for name in forget:
+        check_name(name, where)
+        if name not in present:
+            raise ValueError(f"{where}: '{name}' is not the degradation of any source; sources have "
+                             f"{', '.join(present)}")
+    return frozenset(forget)
+
+
 @DATASET_REGISTRY.register()
 class MixedDegradationDataset(data.Dataset):
     """Mixed-degradation paired dataset with degradation labels and forget/retain roles (see the module docstring).
@@ -129,12 +143,27 @@ class MixedDegradationDataset(data.Dataset):
         opt: the ``datasets.<phase>`` option block.
     """
 
+    @staticmethod
+    def check_options(opt: dict, where: str) -> list[dict]:
+        """Check the option block without reading any file; returns the checked sources.
+
+        The launchers call it before creating any folder (``config.validate_options``), so an unknown degradation
+        name or key fails at once, naming its option path.
+        """
+        check_keys(opt, DATASET_KEYS, where)
+        sources = opt.get('sources')
+        if not isinstance(sources, list) or not sources:
+            raise ValueError(f'{where}.sources: expected a non-empty list of source mappings')
+        checked = [_check_source(src, f'{where}.sources[{i}]') for i, src in enumerate(sources)]
+        _check_forget(opt.get('forget') or [], checked, f'{where}.forget')
+        return checked
+
     def __init__(self, opt: dict) -> None:
         super().__init__()
         self.opt = opt  # BasicSR convention: validation reads dataloader.dataset.opt["name"]
         self.phase = opt.get('phase', 'train')
         where = f'datasets.{self.phase}'
-        check_keys(opt, DATASET_KEYS, where)
+        self.sources = self.check_options(opt, where)
         self.train = self.phase == 'train'
         self.seed = int(opt.get('seed', 0))
         self.gt_size = opt.get('gt_size')
@@ -142,15 +171,11 @@ class MixedDegradationDataset(data.Dataset):
             raise ValueError(f'{where}.gt_size: expected the train patch size (int), got {self.gt_size!r}')
         self.use_hflip = bool(opt.get('use_hflip', False))
         self.use_rot = bool(opt.get('use_rot', False))
-        sources = opt.get('sources')
-        if not isinstance(sources, list) or not sources:
-            raise ValueError(f'{where}.sources: expected a non-empty list of source mappings')
-        self.sources = [_check_source(src, f'{where}.sources[{i}]') for i, src in enumerate(sources)]
         self.readers = {}
         self.records = []
         for i, src in enumerate(self.sources):
             self.records += self._scan(i, src, f'{where}.sources[{i}]') * src.get('repeat', 1)
-        self.forget = self._check_forget(opt.get('forget') or [], f'{where}.forget')
+        self.forget = _check_forget(opt.get('forget') or [], self.sources, f'{where}.forget')
         self.group = self._check_group(opt.get('role_group'), f'{where}.role_group')
         if self.group is not None:
             rng = np.random.default_rng([self.seed, 0])
@@ -174,19 +199,6 @@ class MixedDegradationDataset(data.Dataset):
         else:
             pairs = [(str(p), None) for p in list_images(src['dataroot_gt'], f'{where}.dataroot_gt')]
         return [Record(i, gt, lq) for gt, lq in pairs]
-
-    def _check_forget(self, forget: object, where: str) -> frozenset[str]:
-        if isinstance(forget, str):
-            forget = [forget]
-        if not isinstance(forget, list):
-            raise ValueError(f'{where}: expected a list of degradation names, got {forget!r}')
-        present = sorted({src['degradation'] for src in self.sources})
-        for name in forget:
-            check_name(name, where)
-            if name not in present:
-                raise ValueError(f"{where}: '{name}' is not the degradation of any source; sources have "
-                                 f"{', '.join(present)}")
-        return frozenset(forget)
 
     def _check_group(self, group: object, where: str) -> tuple[int, int] | None:
         if group is None:
