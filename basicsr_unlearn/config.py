@@ -14,6 +14,7 @@ Example:
 """
 import argparse
 import atexit
+import copy
 import difflib
 import shutil
 import sys
@@ -105,6 +106,38 @@ def validate_options(opt: dict, where: str = 'options') -> None:
             raise FileNotFoundError(f'{where}: path.{key}: file not found: {value}')
 
 
+def inprocess_options(opt: dict, root: str, is_train: bool = True, **path: str | None) -> dict:
+    """Options as BasicSR's ``parse_options`` leaves them (CPU, one process), for building a model in-process.
+
+    Benchmarks, studies and tests that call ``build_model`` directly (no launcher) use this one function.
+
+    Args:
+        opt: merged options (e.g. from :func:`load_options`); not modified.
+        root: folder for the run's ``models/``, ``training_states/``, ``log/`` and ``visualization/``.
+        is_train: training (True) or test (False) options.
+        path: extra or overriding ``path.*`` entries (e.g. ``pretrain_network_g=None``).
+
+    Returns:
+        A deep copy of ``opt`` with ``num_gpu: 0``, ``dist: False``, ``rank: 0``, ``world_size: 1``, ``is_train``
+        and the experiment paths set.
+
+    Example:
+        >>> opt = inprocess_options({'name': 'x', 'path': {}}, '/tmp/x', is_train=False)
+        >>> opt['dist'], opt['path']['models']
+        (False, '/tmp/x/models')
+    """
+    opt = copy.deepcopy(opt)
+    opt.update(num_gpu=0, dist=False, rank=0, world_size=1, is_train=is_train)
+    opt.setdefault('path', {})
+    opt['path'].setdefault('pretrain_network_g', None)
+    opt['path'].setdefault('strict_load_g', True)
+    opt['path'].setdefault('resume_state', None)
+    opt['path'].update({key: osp.join(root, key) for key in ('models', 'training_states', 'log', 'visualization')})
+    opt['path']['experiments_root'] = root
+    opt['path'].update(path)
+    return opt
+
+
 def rewrite_local_rank(argv: list[str]) -> list[str]:
     """Return ``argv`` with ``--local-rank[=N]`` (passed by ``torch.distributed.launch`` >= 2.0) as ``--local_rank``."""
     return [a.replace('--local-rank', '--local_rank', 1) if a.startswith('--local-rank') else a for a in argv]
@@ -168,5 +201,5 @@ def save_options(opt_file: str, folder: str) -> str:
     return target
 
 
-__all__ = ['build_parser', 'check_keys', 'dump_options', 'load_options', 'parse_options', 'rewrite_local_rank',
-           'save_options', 'validate_options']
+__all__ = ['build_parser', 'check_keys', 'dump_options', 'inprocess_options', 'load_options', 'parse_options',
+           'rewrite_local_rank', 'save_options', 'validate_options']

@@ -21,7 +21,7 @@ from basicsr_unlearn.evaluation.unlearning_report import (
     wall_time,
     write_report,
 )
-from basicsr_unlearn.models.all_in_one_model import pad_to_multiple
+from basicsr_unlearn.inference import pad_to_multiple
 
 
 def _scores(name, role, psnr, wall, members=(0.01, 0.02), nonmembers=(0.03, 0.04)):

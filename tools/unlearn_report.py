@@ -26,7 +26,6 @@ from basicsr_unlearn.evaluation.unlearning_report import (
     training_curves,
     write_report,
 )
-from basicsr_unlearn.models.all_in_one_model import pad_to_multiple
 
 
 def parse_method(text: str) -> tuple[str, str]:
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
                  *[resolve_model(name, 'method', spec, f'--method {name}') for name, spec in args.method]]
         opt = load_options(args.opt)
         scores = evaluate_models(opt, tqdm(specs, desc='evaluating checkpoints', unit='model'), args.forget,
-                                 pad_to_multiple, y_channel=args.y_channel, crop_border=args.crop_border,
+                                 y_channel=args.y_channel, crop_border=args.crop_border,
                                  where=args.opt)
     except (ValueError, FileNotFoundError, KeyError) as error:
         sys.exit(f'unlearn_report: {error}')

@@ -25,9 +25,9 @@ from basicsr_unlearn.archs.restormer_blocks import (
     OverlapPatchEmbed,
     Upsample,
     check_backbone_args,
-    pad_to_multiple,
     transformer_stage,
 )
+from basicsr_unlearn.inference import pad_to_multiple
 
 DEFAULT_NUM_BLOCKS = (4, 6, 6, 8)
 DEFAULT_HEADS = (1, 2, 4, 8)

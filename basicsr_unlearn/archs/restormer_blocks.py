@@ -147,26 +147,6 @@ class Upsample(nn.Module):
         return self.body(x)
 
 
-def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
-    """Pad the bottom/right of ``x`` so H and W are multiples of ``multiple``.
-
-    Reflect padding where the image is large enough, replicate padding otherwise (reflect needs pad < size).
-
-    Args:
-        x: (B, C, H, W) image or feature map.
-        multiple: required divisor of H and W.
-
-    Returns:
-        The padded (B, C, H', W') tensor and the original (H, W) for cropping back with ``out[..., :H, :W]``.
-    """
-    h, w = x.shape[-2:]
-    pad_h, pad_w = -h % multiple, -w % multiple
-    if pad_h == 0 and pad_w == 0:
-        return x, (h, w)
-    mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode), (h, w)
-
-
 def check_heads_divide(where: str, arg: str, width: int, heads: int) -> None:
     """Raise ``ValueError`` unless ``heads`` is positive and divides the attention ``width``."""
     if heads < 1 or width % heads:

@@ -30,11 +30,11 @@ from basicsr_unlearn.evaluation.membership_inference import loss_attack
 from basicsr_unlearn.evaluation.metrics import evaluate, summarize
 from basicsr_unlearn.evaluation.report import bar_chart, line_chart, markdown_table, scatter_chart
 from basicsr_unlearn.fileio import write_json, write_text
+from basicsr_unlearn.inference import restore_image
 
 TARGETS = {'forget_gap_db': 1.0, 'retain_drop_db': 0.3, 'cost_ratio': 0.10}
 GOALS = {'forget_gap_db': 0.5, 'retain_drop_db': 0.1, 'cost_ratio': 0.05}
 ROLES = ('original', 'reference', 'method')
-PadFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, int, int]]
 CHARTS = {'psnr': 'psnr_per_degradation.png', 'tradeoff': 'forget_gap_vs_retain_change.png',
           'curves': 'training_curves.png'}
 
@@ -369,7 +369,7 @@ def _finite(obj: object) -> object:
     return obj
 
 
-def evaluate_models(opt: dict, specs: Iterable[ModelSpec], forget: str, pad: PadFn, y_channel: bool = False,
+def evaluate_models(opt: dict, specs: Iterable[ModelSpec], forget: str, y_channel: bool = False,
                     crop_border: int = 0, where: str = '--opt') -> list[ModelScores]:
     """Build the network once and the test sets from ``opt['datasets']``, then score every checkpoint.
 
@@ -377,8 +377,6 @@ def evaluate_models(opt: dict, specs: Iterable[ModelSpec], forget: str, pad: Pad
         opt: merged BasicSR options with ``network_g`` and ``datasets`` (``test_*`` sets incl. ``<forget>_members``).
         specs: the models to score (see :func:`resolve_model`).
         forget: the forgotten degradation name.
-        pad: ``pad(lq, multiple) -> (padded, h, w)``, the padding of the model that runs inference (e.g.
-            ``AllInOneModel``'s ``pad_to_multiple``), so the report measures what ``restore`` gives.
         y_channel: PSNR/SSIM on the Y channel instead of RGB.
         crop_border: pixels cropped from each border before the metrics.
         where: the option file, named in errors.
@@ -394,9 +392,10 @@ def evaluate_models(opt: dict, specs: Iterable[ModelSpec], forget: str, pad: Pad
     net = build_network(copy.deepcopy(opt['network_g'])).eval()
     multiple = int(getattr(net, 'pad_multiple', None) or (opt.get('val') or {}).get('pad_multiple', 8))
 
+    tile = (opt.get('val') or {}).get('tile')
+
     def restore(lq: torch.Tensor) -> torch.Tensor:
-        padded, h, w = pad(lq, multiple)
-        return net(padded)[..., :h, :w]
+        return restore_image(net, lq, multiple, tile)
 
     param_key = (opt.get('path') or {}).get('param_key_g')
     scores = []

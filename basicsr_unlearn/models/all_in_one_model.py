@@ -17,7 +17,6 @@ import time
 from os import path as osp
 
 import torch
-import torch.nn.functional as F
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
@@ -29,30 +28,10 @@ from basicsr_unlearn.config import check_keys
 from basicsr_unlearn.defenses import build_defense
 from basicsr_unlearn.evaluation.metrics import evaluate
 from basicsr_unlearn.fileio import atomic_path, write_json
+from basicsr_unlearn.inference import restore_image
 
 VAL_KEYS = ('val_freq', 'save_img', 'suffix', 'pbar', 'pad_multiple', 'tile', 'test_y_channel', 'crop_border')
 OPTIMIZERS = {'Adam': torch.optim.Adam, 'AdamW': torch.optim.AdamW, 'SGD': torch.optim.SGD}
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
-    """Pad ``x`` ``(B, C, H, W)`` at the bottom/right to multiples of ``multiple``; returns it with the original H, W.
-
-    Reflection padding where the image is large enough, replication otherwise.
-    """
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        mode = 'reflect' if ph < h and pw < w else 'replicate'
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
-    return x, h, w
-
-
-def tile_starts(length: int, size: int, stride: int) -> list[int]:
-    """Start offsets of tiles of ``size`` covering ``length`` with step ``stride`` (last tile flush with the end)."""
-    if length <= size:
-        return [0]
-    starts = list(range(0, length - size, stride))
-    return starts + [length - size]
 
 
 @MODEL_REGISTRY.register()
@@ -129,45 +108,19 @@ class AllInOneModel(SRModel):
         net_multiple = getattr(self.get_bare_model(self.net_g), 'pad_multiple', None)
         return int(net_multiple or (self.opt.get('val') or {}).get('pad_multiple', 8))
 
-    def _forward_padded(self, net: nn.Module, x: torch.Tensor, multiple: int) -> torch.Tensor:
-        padded, h, w = pad_to_multiple(x, multiple)
-        return net(padded)[..., :h, :w]
-
     @torch.no_grad()
-    def restore(self, lq: torch.Tensor) -> torch.Tensor:
-        """Eval-mode inference on any image size.
+    def restore(self, lq: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
+        """Eval-mode inference on any image size, with this model's padding and ``val.tile``.
 
         Args:
             lq: degraded images ``(B, 3, H, W)`` in [0, 1] (any device).
+            net: the network to run (default :meth:`inference_net`); e.g. a frozen checkpoint of the same arch.
 
         Returns:
-            Restored ``(B, 3, H, W)`` on the model's device. With ``val.tile: {size, overlap}`` the image is
-            processed in overlapping tiles whose outputs are averaged.
+            Restored ``(B, 3, H, W)`` on the model's device (see :func:`basicsr_unlearn.inference.restore_image`).
         """
-        net = self.inference_net()
-        was_training = net.training
-        net.eval()
-        multiple = self.pad_multiple()
-        lq = lq.to(self.device)
-        tile = (self.opt.get('val') or {}).get('tile')
-        try:
-            if not tile:
-                return self._forward_padded(net, lq, multiple)
-            size, overlap = int(tile['size']), int(tile.get('overlap', 0))
-            if size <= overlap:
-                raise ValueError(f'val.tile: size ({size}) must be larger than overlap ({overlap})')
-            b, _, h, w = lq.shape
-            out, weight = None, lq.new_zeros(1, 1, h, w)
-            for top in tile_starts(h, size, size - overlap):
-                for left in tile_starts(w, size, size - overlap):
-                    patch = self._forward_padded(net, lq[..., top:top + size, left:left + size], multiple)
-                    if out is None:
-                        out = lq.new_zeros(b, patch.shape[1], h, w)
-                    out[..., top:top + patch.shape[-2], left:left + patch.shape[-1]] += patch
-                    weight[..., top:top + patch.shape[-2], left:left + patch.shape[-1]] += 1
-            return out / weight
-        finally:
-            net.train(was_training)
+        return restore_image(net or self.inference_net(), lq.to(self.device), self.pad_multiple(),
+                             (self.opt.get('val') or {}).get('tile'))
 
     def test(self) -> None:
         """``self.output = self.restore(self.lq)``."""

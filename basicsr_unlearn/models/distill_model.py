@@ -27,6 +27,7 @@ from torch import nn
 from basicsr_unlearn.config import check_keys
 from basicsr_unlearn.defenses import build_defense
 from basicsr_unlearn.defenses.inverse_asvp import inverse_asvp
+from basicsr_unlearn.inference import forward_padded
 from basicsr_unlearn.models.all_in_one_model import AllInOneModel
 
 DISTILL_KEYS = ('output_weight', 'feature_weight', 'taps', 'attack', 'attack_opt')
@@ -144,7 +145,7 @@ class DistillModel(AllInOneModel):
     def teacher_targets(self, lq: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Teacher output ``(B, 3, H, W)`` and the observed teacher taps (through the defence, then the attack)."""
         self.teacher_taps.clear()
-        output = self._forward_padded(self.net_teacher, lq, self.pad_multiple())
+        output = forward_padded(self.net_teacher, lq, self.pad_multiple())
         exposed = self.defense.exposed_features if self.defense is not None else {}
         feats = []
         for _, t_name in self.tap_pairs:

@@ -308,15 +308,8 @@ class UnlearnModel(AllInOneModel):
             self.load_network(net, path, True, 'params')
         except FileNotFoundError as err:
             raise FileNotFoundError(f'train.stop_rule.reference: file not found: {path}') from err
-        net.eval()
-        multiple = self.pad_multiple()
-
-        @torch.no_grad()
-        def restore(lq: torch.Tensor) -> torch.Tensor:
-            return self._forward_padded(net, lq.to(self.device), multiple)
-
         val = self.opt.get('val') or {}
-        ref = evaluate(restore, dataloader, y_channel=val.get('test_y_channel', False),
+        ref = evaluate(lambda lq: self.restore(lq, net), dataloader, y_channel=val.get('test_y_channel', False),
                        crop_border=val.get('crop_border', 0))['per_degradation']
         psnr = sum(ref[n]['psnr'] for n in names) / len(names)
         if not math.isfinite(psnr):
