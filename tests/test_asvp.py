@@ -151,27 +151,44 @@ def test_inverse_asvp_known_and_estimated_parameters_recover_exactly():
         assert torch.allclose(inverse_asvp(y), x, rtol=0, atol=1e-12)
 
 
-def test_inverse_asvp_on_real_features_and_randomisation_hurts_it():
-    net, x = tiny_net(), image(b=8, size=32)
-    raw = {}
+def attack_residuals(defense_of_seed, pool: bool, batches: int = 24) -> torch.Tensor:
+    """Per batch: ||inverse_asvp(F') - F|| / ||F' - F|| on body.1 of the tiny EDSR, one defence seed and 8 images each.
+
+    Randomised k/h are drawn from a hash of the features' bytes, so a last-bit difference between CPUs gives a new
+    draw: one batch is one sample of a wide distribution, and only statistics over many batches are portable.
+    """
+    net, raw = tiny_net(), {}
     net.body[1].register_forward_hook(lambda m, a, o: raw.update(o=o))
-
-    def error(defense: ASVP, pool: bool) -> tuple[float, float]:
-        defense.attach(net)
+    ratios = []
+    for seed in range(batches):
         with torch.no_grad():
-            net(x)
-        observed = defense.exposed_features['body.1']
-        defense.remove()
+            net(image(b=8, size=32, seed=1000 + seed))
+        clean = raw['o']
+        observed = defense_of_seed(seed).perturb(clean, 'body.1')
         recovered = inverse_asvp(observed, pool=pool)
-        norm = raw['o'].norm()
-        return float((observed - raw['o']).norm() / norm), float((recovered - raw['o']).norm() / norm)
+        ratios.append(float((recovered - clean).norm() / (observed - clean).norm()))
+    return torch.tensor(ratios)
 
-    fixed_before, fixed_after = error(ASVP(['body.1'], k=2, h=8.0), pool=True)
-    # a large fixed h stands out of the natural spectrum: k is found and most of the perturbation undone
-    assert fixed_after < fixed_before / 50
-    rand_before, rand_after = error(ASVP(['body.1'], randomize={'k': [1, 6], 'h': [1.2, 8.0]}, seed=5), pool=True)
-    # per-query k/h: the pooled (fixed-parameter) attacker leaves most of the perturbation in place
-    assert rand_after > 10 * fixed_after and rand_after > rand_before / 2
+
+def test_inverse_asvp_undoes_fixed_asvp_and_randomisation_limits_it():
+    # Measured over 100 batches (defence seeds and images 0-99): residual / perturbation, median
+    # [q05, q95]: fixed k2 h8 pooled 0.006 [0.001, 0.011], per-query 0.008 [0.005, 0.012]; randomised
+    # k in [1, 6], h in [1.2, 8] pooled 0.435 [0.25, 0.58], per-query 0.103 [0.05, 0.22]. A 1e-6 input change
+    # with the same draws moves these by < 1e-6, so the spread is the draws', not the rounding's.
+    def fixed(seed):
+        return ASVP(['body.1'], k=2, h=8.0)
+
+    def randomised(seed):
+        return ASVP(['body.1'], randomize={'k': [1, 6], 'h': [1.2, 8.0]}, seed=seed)
+
+    fixed_pooled, fixed_query = attack_residuals(fixed, True), attack_residuals(fixed, False)
+    rand_pooled, rand_query = attack_residuals(randomised, True), attack_residuals(randomised, False)
+    # a large fixed h stands out of the natural spectrum: the perturbation is undone to ~1%
+    assert fixed_pooled.median() < 0.03 and fixed_query.median() < 0.03
+    # per-query k/h: a pooled (fixed-parameter) attacker leaves a large part of the perturbation in place ...
+    assert rand_pooled.median() > 0.25 and rand_pooled.median() > 10 * fixed_pooled.median()
+    # ... but an attacker estimating k/h per query undoes most of it: randomisation only raises the residual
+    assert 0.04 < rand_query.median() < 0.25 and rand_query.median() > 4 * fixed_query.median()
 
 
 def test_scale_top_singular_validates_energy_spec():
