@@ -4,14 +4,21 @@ Feature taps: the Restormer names ``encoder_level1..3``, ``latent``, ``decoder_l
 :mod:`basicsr_unlearn.archs.restormer_arch`); ``latent``, ``decoder_level3`` and ``decoder_level2`` are taken before
 their frequency block ``fre1``, ``fre2``, ``fre3`` (the degradation-specific parts, reference names).
 
-Deviation from the reference: the low-frequency mask. The reference cuts a centred box of half-extent
-``int((H // 128) * r)`` out of the spectrum, where ``r = sigmoid(rate_conv(...))``. The integer cast gives
-``rate_conv`` no gradient (a dead parameter that forces DDP's ``find_unused_parameters``), and for maps under 256 px
-(all maps of 128-px training patches) the box is empty, so "low" is zero in training and non-empty only on large
-test images. Here the box is soft and size-independent (:func:`soft_lowpass_mask`): its half-extent is the fraction
-``r`` of the half-spectrum (``r * H / 2`` frequency bins), with sigmoid edges one bin wide. The split then exists at
-every size, is the same relative band at training and test resolution, and ``rate_conv`` learns through it. The
-reference's unused ``conv`` (3->C) and ``score_gen`` (7x7, 2->2) are omitted. Defaults give about 28.77M parameters.
+Layers, names and shapes follow the reference (``c-yn/AdaIR`` ``net/model.py``): the cross-attentions use ``heads[2]``
+heads, the ChannelGate MLP is two bias-free 1x1 convs, the SpatialGate 7x7 conv has no bias. The reference's ``conv``
+(3->C) and ``score_gen`` (7x7, 2->2), built but never called, are omitted (``tools/convert_checkpoint.py`` drops them
+from official checkpoints). Defaults give 28,766,086 parameters.
+
+The low-frequency mask, ``fre_mask``:
+
+- ``'reference'``: the official split, a centred box of half-extent ``int((H // 128) * r)`` frequency bins
+  (``r = sigmoid(rate_conv(...))``). Use it for official checkpoints and anything fine-tuned or unlearned from
+  them: converted official weights then give the official outputs. The integer cast gives ``rate_conv`` no gradient
+  (DDP then needs ``find_unused_parameters: true``), and for maps under 128 px (all maps of 128-px training patches)
+  the box is empty, so "low" is zero in training and non-empty only on large test images.
+- ``'soft'`` (default): a soft, size-independent box (:func:`soft_lowpass_mask`): the half-extent is the fraction
+  ``r`` of the half-spectrum with sigmoid edges one bin wide. The split exists at every size, is the same relative
+  band at training and test resolution, and ``rate_conv`` learns through it. Use it to train from scratch.
 
 Each block ends in ``out * para1 + feat * para2`` with ``para1 = 0``, ``para2 = 1`` at initialisation, so a fresh
 AdaIR computes exactly the Restormer with the same backbone weights.
@@ -24,9 +31,15 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
 from basicsr_unlearn.archs.restormer_arch import DEFAULT_HEADS, DEFAULT_NUM_BLOCKS, RestormerUNet
-from basicsr_unlearn.archs.restormer_blocks import channel_attention
+from basicsr_unlearn.archs.restormer_blocks import channel_attention, check_heads_divide
 
-FRE_HEADS = 4
+FRE_MASKS = ('soft', 'reference')
+REFERENCE_MASK_DIVISOR = 128
+
+
+def _signed_bins(n: int, device: torch.device) -> Tensor:
+    """Signed frequency index of each bin of an unshifted length-``n`` spectrum (``0, 1, ..., -2, -1``)."""
+    return torch.fft.fftfreq(n, d=1.0 / n, device=device).round().long()
 
 
 def soft_lowpass_mask(ratios: Tensor, height: int, width: int, softness: float = 1.0) -> Tensor:
@@ -48,8 +61,36 @@ def soft_lowpass_mask(ratios: Tensor, height: int, width: int, softness: float =
         torch.Size([1, 1, 8, 8])
     """
     def axis(r: Tensor, n: int) -> Tensor:
-        freq = torch.fft.fftfreq(n, d=1.0 / n, device=r.device).abs().to(r.dtype)  # |f| in bins
+        freq = _signed_bins(n, r.device).abs().to(r.dtype)  # |f| in bins
         return torch.sigmoid((r[:, None] * n / 2 - freq) / softness)  # B, n
+
+    return (axis(ratios[:, 0], height)[:, :, None] * axis(ratios[:, 1], width)[:, None, :])[:, None]
+
+
+def reference_lowpass_mask(ratios: Tensor, height: int, width: int,
+                           divisor: int = REFERENCE_MASK_DIVISOR) -> Tensor:
+    """The official AdaIR box for an *unshifted* spectrum: 1 where ``-k <= f < k`` on both axes, else 0.
+
+    ``k = int((n // divisor) * r)`` per axis and sample, as the reference computes it (truncated in fp32); the
+    reference sets rows ``n//2 - k .. n//2 + k - 1`` of the ``roll``-centred spectrum, i.e. signed bins ``-k .. k-1``.
+
+    Args:
+        ratios: (B, 2) ratios (r_h, r_w) in (0, 1).
+        height, width: spectrum size.
+        divisor: the reference's ``n`` (128).
+
+    Returns:
+        (B, 1, height, width) float mask of 0s and 1s (no gradient w.r.t. ``ratios``).
+
+    Example:
+        >>> m = reference_lowpass_mask(torch.tensor([[0.9, 0.5]]), 512, 256)
+        >>> int(m[0, 0, :, 0].sum()), int(m[0, 0, 0, :].sum())  # k = int(4 * 0.9) = 3, int(2 * 0.5) = 1
+        (6, 2)
+    """
+    def axis(r: Tensor, n: int) -> Tensor:
+        k = (r.float() * (n // divisor)).int()[:, None]  # B, 1
+        f = _signed_bins(n, r.device)[None]  # 1, n
+        return ((f >= -k) & (f < k)).float()  # B, n
 
     return (axis(ratios[:, 0], height)[:, :, None] * axis(ratios[:, 1], width)[:, None, :])[:, None]
 
@@ -74,24 +115,27 @@ class ChannelCrossAttention(nn.Module):
 
 
 class ChannelGate(nn.Module):
-    """(B, C, H, W) -> (B, C, 1, 1) sigmoid weights from avg- and max-pooled descriptors through a shared MLP."""
+    """(B, C, H, W) -> (B, C, 1, 1) sigmoid weights from avg- and max-pooled descriptors through a shared MLP.
+
+    The MLP is two bias-free 1x1 convs C -> C/16 -> C with a ReLU between (the reference layout).
+    """
 
     def __init__(self, dim: int, reduction: int = 16) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(dim, dim // reduction), nn.ReLU(),
-                                 nn.Linear(dim // reduction, dim))
+        self.mlp = nn.Sequential(nn.Conv2d(dim, dim // reduction, 1, bias=False), nn.ReLU(),
+                                 nn.Conv2d(dim // reduction, dim, 1, bias=False))
 
     def forward(self, x: Tensor) -> Tensor:
-        att = self.mlp(x.mean(dim=(-2, -1))) + self.mlp(x.amax(dim=(-2, -1)))
-        return torch.sigmoid(att)[:, :, None, None]
+        att = self.mlp(x.mean(dim=(-2, -1), keepdim=True)) + self.mlp(x.amax(dim=(-2, -1), keepdim=True))
+        return torch.sigmoid(att)
 
 
 class SpatialGate(nn.Module):
-    """(B, C, H, W) -> (B, 1, H, W) sigmoid weights from the per-pixel channel max and mean (conv 7x7)."""
+    """(B, C, H, W) -> (B, 1, H, W) sigmoid weights from the per-pixel channel max and mean (bias-free conv 7x7)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.spatial = nn.Conv2d(2, 1, 7, padding=3)
+        self.spatial = nn.Conv2d(2, 1, 7, padding=3, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], 1)
@@ -115,14 +159,18 @@ class FreModule(nn.Module):
     """Adaptive frequency learning block guided by the input image.
 
     Args:
-        dim: feature width C (divisible by 4 heads, C >= 16 so C/8 and C/16 are >= 1).
+        dim: feature width C (divisible by ``num_heads``, C >= 16 so C/8 and C/16 are >= 1).
         num_heads: heads of the three cross-attentions.
         bias: bias in the cross-attention convolutions.
         in_dim: image channels.
+        fre_mask: ``'soft'`` or ``'reference'`` low-frequency mask (see the module docstring).
     """
 
-    def __init__(self, dim: int, num_heads: int, bias: bool, in_dim: int = 3) -> None:
+    def __init__(self, dim: int, num_heads: int, bias: bool, in_dim: int = 3, fre_mask: str = 'soft') -> None:
         super().__init__()
+        if fre_mask not in FRE_MASKS:
+            raise ValueError(f"AdaIR: fre_mask={fre_mask!r}; expected one of {', '.join(FRE_MASKS)}")
+        self.mask_fn = soft_lowpass_mask if fre_mask == 'soft' else reference_lowpass_mask
         self.conv1 = nn.Conv2d(in_dim, dim, 3, padding=1, bias=False)
         self.para1 = nn.Parameter(torch.zeros(dim, 1, 1))
         self.para2 = nn.Parameter(torch.ones(dim, 1, 1))
@@ -137,7 +185,7 @@ class FreModule(nn.Module):
         """(B, C, H, W) guidance feature -> (high, low) magnitude maps, each (B, C, H, W). FFT runs in fp32."""
         ratios = torch.sigmoid(self.rate_conv(F.adaptive_avg_pool2d(guide, 1))).flatten(1)  # B, 2
         spectrum = torch.fft.fft2(guide.float(), norm='forward')
-        mask = soft_lowpass_mask(ratios.float(), *guide.shape[-2:])
+        mask = self.mask_fn(ratios.float(), *guide.shape[-2:])
         low = torch.fft.ifft2(spectrum * mask, norm='forward').abs().to(guide.dtype)
         high = torch.fft.ifft2(spectrum * (1 - mask), norm='forward').abs().to(guide.dtype)
         return high, low
@@ -159,9 +207,10 @@ class AdaIR(RestormerUNet):
     Args:
         inp_channels, out_channels, dim, num_blocks, num_refinement_blocks, heads, ffn_expansion_factor, bias,
             LayerNorm_type: the Restormer backbone (see :class:`~basicsr_unlearn.archs.restormer_arch.Restormer`).
-            ``dim >= 8`` with ``dim`` even so that the frequency blocks (widths 8dim, 4dim, 2dim) are divisible by
-            their 4 heads and keep C/16 >= 1.
+            ``dim >= 8`` so that the smallest frequency block (width 2dim) keeps C/16 >= 1; ``heads[2]`` (the
+            frequency blocks' heads, as in the reference) must divide 2dim.
         decoder: build the frequency blocks (the published model); ``False`` gives the plain Restormer.
+        fre_mask: ``'soft'`` (train from scratch) or ``'reference'`` (official checkpoints); see the module docstring.
 
     Example:
         >>> net = AdaIR(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 2, 2))
@@ -172,7 +221,7 @@ class AdaIR(RestormerUNet):
     def __init__(self, inp_channels: int = 3, out_channels: int = 3, dim: int = 48,
                  num_blocks: Sequence[int] = DEFAULT_NUM_BLOCKS, num_refinement_blocks: int = 4,
                  heads: Sequence[int] = DEFAULT_HEADS, ffn_expansion_factor: float = 2.66, bias: bool = False,
-                 LayerNorm_type: str = 'WithBias', decoder: bool = True) -> None:
+                 LayerNorm_type: str = 'WithBias', decoder: bool = True, fre_mask: str = 'soft') -> None:
         super().__init__('AdaIR', inp_channels, out_channels, dim, num_blocks, num_refinement_blocks, heads,
                          ffn_expansion_factor, bias, LayerNorm_type)
         self.decoder = decoder
@@ -181,9 +230,10 @@ class AdaIR(RestormerUNet):
         if dim < 8:
             raise ValueError(f'AdaIR: dim={dim} must be >= 8 (the smallest frequency block has width 2*dim and needs '
                              f'2*dim/16 >= 1 channels in its ChannelGate)')
-        self.fre1 = FreModule(dim * 8, FRE_HEADS, bias, in_dim=inp_channels)
-        self.fre2 = FreModule(dim * 4, FRE_HEADS, bias, in_dim=inp_channels)
-        self.fre3 = FreModule(dim * 2, FRE_HEADS, bias, in_dim=inp_channels)
+        check_heads_divide('AdaIR', 'heads[2]', dim * 2, heads[2])
+        self.fre1 = FreModule(dim * 8, heads[2], bias, inp_channels, fre_mask)
+        self.fre2 = FreModule(dim * 4, heads[2], bias, inp_channels, fre_mask)
+        self.fre3 = FreModule(dim * 2, heads[2], bias, inp_channels, fre_mask)
 
     _STAGE = {'latent': 'fre1', 'decoder_level3': 'fre2', 'decoder_level2': 'fre3'}
 
