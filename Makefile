@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 
 .PHONY: test demo bench lint clean-venv
 
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip setuptools wheel cython numpy
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
@@ -15,7 +15,8 @@ $(VENV)/.installed: setup.py
 	touch $@
 
 test: $(VENV)/.installed
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests --durations=15
+	$(PY) -m ruff check .
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests basicsr_unlearn --durations=15
 
 demo: $(VENV)/.installed
 	$(PY) tools/demo.py

@@ -7,6 +7,8 @@ a module removed in torchvision 0.17, so the alias below has to exist first.
 import sys
 import types
 
+__version__ = '0.1.0'  # the one version source (pyproject.toml reads it)
+
 
 def _alias_functional_tensor() -> None:
     """Expose ``torchvision.transforms.functional_tensor`` (removed in torchvision 0.17) for BasicSR 1.4.2."""
@@ -26,5 +28,3 @@ def _alias_functional_tensor() -> None:
 _alias_functional_tensor()
 
 from basicsr_unlearn import archs, data, defenses, losses, models  # noqa: E402,F401  (registration)
-
-__version__ = '0.1.0'

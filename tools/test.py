@@ -1,83 +1,9 @@
-"""Evaluate a model per dataset and per degradation: ``python tools/test.py -opt X.yml [--cfg-options a.b=v]``.
+"""Evaluate: ``python tools/test.py -opt X.yml [--cfg-options a.b=v]`` (same as the ``basicsr-unlearn-test`` command).
 
-Writes ``results/<name>/metrics.json`` (``datasets: {name: {per_degradation, per_image}}``, overall
-``per_degradation`` and ``per_image``, ``metric_space`` 'RGB' or 'Y', ``checkpoint``) and ``metrics.md``, plus
-BasicSR's log and the merged options. Multi-process: ``torchrun --nproc_per_node=N tools/test.py ... --launcher
-pytorch`` shards the images over ranks.
+Multi-process: ``torchrun --nproc_per_node=N tools/test.py -opt X.yml --launcher pytorch`` shards the images over
+ranks. See :mod:`basicsr_unlearn.launchers.test`.
 """
-import logging
-import os
-from os import path as osp
-
-# isort: off
-import basicsr_unlearn  # noqa: F401  (torchvision alias + registration; top level so workers re-run it)
-# isort: on
-from basicsr.data import build_dataloader, build_dataset
-from basicsr.models import build_model
-from basicsr.utils import get_root_logger, get_time_str, make_exp_dirs
-from basicsr.utils.options import dict2str
-from tqdm import tqdm
-
-from basicsr_unlearn import compat
-from basicsr_unlearn.config import parse_options, save_options
-from basicsr_unlearn.evaluation.metrics import evaluate, summarize
-from basicsr_unlearn.evaluation.report import markdown_table
-from basicsr_unlearn.fileio import write_json, write_text
-
-
-def metrics_markdown(metrics: dict) -> str:
-    """Human table of ``metrics.json``: one row per (dataset, degradation)."""
-    rows = [[ds, de, m['psnr'], m['ssim'], m['count']]
-            for ds, block in metrics['datasets'].items() for de, m in block['per_degradation'].items()]
-    header = ['dataset', 'degradation', f"PSNR ({metrics['metric_space']})", f"SSIM ({metrics['metric_space']})",
-              'images']
-    return (f"# {metrics['name']}\n\ncheckpoint: `{metrics['checkpoint']}`\n\n"
-            + markdown_table(header, rows, floatfmt='.4f') + '\n')
-
-
-def test_pipeline(root_path: str) -> dict:
-    """Build the model and every ``datasets`` entry, evaluate, write the results; returns the metrics dict."""
-    opt, args = parse_options(root_path, is_train=False)
-    make_exp_dirs(opt)
-    results_root = opt['path']['results_root']
-    if opt['rank'] == 0:
-        save_options(args.opt, results_root)
-    log_file = osp.join(opt['path']['log'], f"test_{opt['name']}_{get_time_str()}.log")
-    logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
-    logger.info(dict2str(opt))
-
-    model = build_model(opt)
-    val_opt = opt.get('val') or {}
-    y_channel = bool(val_opt.get('test_y_channel', False))
-    metrics = {'name': opt['name'], 'checkpoint': opt['path'].get('pretrain_network_g'),
-               'metric_space': 'Y' if y_channel else 'RGB', 'datasets': {}}
-    per_image = []
-    for _, dataset_opt in tqdm(sorted(opt['datasets'].items()), desc='datasets', disable=opt['rank'] != 0):
-        dataset = build_dataset(dataset_opt)
-        loader = build_dataloader(dataset, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'], sampler=None,
-                                  seed=opt['manual_seed'])
-        save_dir = osp.join(opt['path']['visualization'], dataset_opt['name']) if val_opt.get('save_img') else None
-        result = evaluate(model.restore, loader, y_channel=y_channel, crop_border=val_opt.get('crop_border', 0),
-                          save_dir=save_dir, save_suffix=val_opt.get('suffix'))
-        metrics['datasets'][dataset_opt['name']] = result
-        per_image += [{'dataset': dataset_opt['name'], **r} for r in result['per_image']]
-        for de_name, m in result['per_degradation'].items():
-            logger.info(f"{dataset_opt['name']} {de_name}: PSNR {m['psnr']:.4f} SSIM {m['ssim']:.4f} ({m['count']})")
-    metrics['per_degradation'] = summarize(per_image)
-    metrics['per_image'] = per_image
-    if opt['rank'] == 0:
-        write_json(osp.join(results_root, 'metrics.json'), metrics)
-        write_text(osp.join(results_root, 'metrics.md'), metrics_markdown(metrics))
-    return metrics
-
-
-def main() -> None:
-    compat.apply()
-    try:
-        test_pipeline(os.getcwd())
-    finally:
-        compat.destroy_process_group()
-
+from basicsr_unlearn.launchers.test import main  # top level: spawned workers re-run it (torchvision alias)
 
 if __name__ == '__main__':
     main()

@@ -1,25 +1,9 @@
-"""Train with BasicSR's pipeline and the plugin: ``python tools/train.py -opt X.yml [--cfg-options a.b=v]``.
+"""Train: ``python tools/train.py -opt X.yml [--cfg-options a.b=v]`` (same as the ``basicsr-unlearn-train`` command).
 
-Multi-process: ``torchrun --nproc_per_node=N tools/train.py -opt X.yml --launcher pytorch`` (gloo on CPU, NCCL on
-GPU). Also ``--auto_resume``, ``--debug``, ``--force_yml``. Outputs go under the current directory.
+Multi-process: ``torchrun --nproc_per_node=N tools/train.py -opt X.yml --launcher pytorch``. See
+:mod:`basicsr_unlearn.launchers.train`.
 """
-import os
-
-# isort: off
-import basicsr_unlearn  # noqa: F401  (torchvision alias + registration; top level so workers re-run it)
-# isort: on
-from basicsr.train import train_pipeline
-
-from basicsr_unlearn import compat
-
-
-def main() -> None:
-    compat.apply()
-    try:
-        train_pipeline(os.getcwd())
-    finally:
-        compat.destroy_process_group()
-
+from basicsr_unlearn.launchers.train import main  # top level: spawned workers re-run it (torchvision alias)
 
 if __name__ == '__main__':
     main()

@@ -87,7 +87,7 @@ class PromptIR(RestormerUNet):
                              f'prompt_len={prompt_len} must be >= 1')
         # (feature width at the stage, width after the 1x1 reduce) for P1, P2, P3
         widths = ((dim * 2, dim * 2), (dim * 4, dim * 4), (dim * 8, dim * 4))
-        for i, ((feat, out), cp, size) in enumerate(zip(widths, prompt_dims, prompt_sizes), start=1):
+        for i, ((feat, out), cp, size) in enumerate(zip(widths, prompt_dims, prompt_sizes, strict=True), start=1):
             check_heads_divide('PromptIR', 'heads[2]', feat + cp, heads[2])
             setattr(self, f'prompt{i}', PromptGenBlock(cp, prompt_len, size, feat))
             setattr(self, f'noise_level{i}',

@@ -2,7 +2,8 @@
 
 On top of BasicSR's ``SRModel`` it adds: Adam/AdamW/SGD; L1 pixel loss when ``train.pixel_opt`` is absent; DDP on
 CPU (no ``device_ids``); ``restore(lq)`` = eval-mode inference (EMA net if present) with pad-to-multiple / crop-back
-and optional tiling; batches' ``de_name``/``role`` kept; validation PSNR/SSIM per degradation, sharded over ranks;
+and optional tiling; batches' ``de_name``/``role`` kept; validation metrics per degradation (BasicSR's
+``val.metrics`` blocks through its ``METRIC_REGISTRY``, PSNR/SSIM by default), sharded over ranks;
 atomic checkpoints of plain types; ``experiments/<name>/train_log.json`` (wall time, loss and validation curves).
 
 Subclasses (UnlearnModel, DistillModel) override :meth:`init_training_settings` and :meth:`optimize_parameters`;
@@ -10,7 +11,8 @@ they put their summed objective in ``self.log_dict['l_total']`` (else the sum of
 may read ``self.last_metrics`` after a validation.
 
 Option keys read here: ``val: {val_freq, save_img, suffix, pbar, pad_multiple, tile: {size, overlap},
-test_y_channel, crop_border}``.
+test_y_channel, crop_border, metrics: {<name>: {type, **kwargs}}}`` (``test_y_channel``/``crop_border`` shape the
+default PSNR/SSIM; with ``metrics`` each block says its own).
 """
 import json
 import time
@@ -26,11 +28,12 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from basicsr_unlearn.config import check_keys
 from basicsr_unlearn.defenses import build_defense
-from basicsr_unlearn.evaluation.metrics import evaluate
+from basicsr_unlearn.evaluation.metrics import check_metric_specs, evaluate, metric_space, metric_specs
 from basicsr_unlearn.fileio import atomic_path, write_json
 from basicsr_unlearn.inference import restore_image
 
-VAL_KEYS = ('val_freq', 'save_img', 'suffix', 'pbar', 'pad_multiple', 'tile', 'test_y_channel', 'crop_border')
+VAL_KEYS = ('val_freq', 'save_img', 'suffix', 'pbar', 'pad_multiple', 'tile', 'test_y_channel', 'crop_border',
+            'metrics')
 OPTIMIZERS = {'Adam': torch.optim.Adam, 'AdamW': torch.optim.AdamW, 'SGD': torch.optim.SGD}
 
 
@@ -60,6 +63,12 @@ class AllInOneModel(SRModel):
         check_keys(val, VAL_KEYS, 'val')
         if val.get('tile'):
             check_keys(val['tile'], ('size', 'overlap'), 'val.tile')
+        if val.get('metrics') is not None:
+            check_metric_specs(val['metrics'], 'val.metrics')
+            for key in ('test_y_channel', 'crop_border'):
+                if key in val:
+                    raise ValueError(f'val.{key}: applies to the default PSNR/SSIM only; with val.metrics set '
+                                     f'{key} in each metric block (val.metrics.<name>.{key})')
 
     def attach_defense(self):
         """Protect the inference net with the top-level ``asvp:`` block (ASVP hooks); ``None`` without one."""
@@ -199,7 +208,7 @@ class AllInOneModel(SRModel):
 
     # ---------------------------------------------------------------- validation
     def validation(self, dataloader, current_iter, tb_logger=None, save_img: bool = False) -> dict:
-        """PSNR/SSIM per degradation over ``dataloader`` (sharded over ranks), logged as ``m_psnr_<de_name>``.
+        """Each metric per degradation over ``dataloader`` (sharded over ranks), logged as ``m_<metric>_<de_name>``.
 
         Returns:
             The :func:`~basicsr_unlearn.evaluation.metrics.evaluate` result (also kept in ``self.last_metrics``).
@@ -216,20 +225,20 @@ class AllInOneModel(SRModel):
             else:
                 save_dir = osp.join(self.opt['path']['visualization'], dataset_name)
                 suffix = val_opt.get('suffix') or self.opt['name']
-        result = evaluate(self.restore, dataloader, y_channel=val_opt.get('test_y_channel', False),
-                          crop_border=val_opt.get('crop_border', 0), save_dir=save_dir, save_suffix=suffix)
+        specs = metric_specs(val_opt)
+        result = evaluate(self.restore, dataloader, save_dir=save_dir, save_suffix=suffix, metrics=specs,
+                          source=f"model {self.opt['name']}")
         self.last_metrics = result
-        space = 'Y' if val_opt.get('test_y_channel', False) else 'RGB'
         logger = get_root_logger()
-        message = f'Validation {dataset_name} ({space}), iter {current_iter}'
+        message = f'Validation {dataset_name} ({metric_space(specs)}), iter {current_iter}'
         for de_name, m in result['per_degradation'].items():
-            message += f"\n\t # m_psnr_{de_name}: {m['psnr']:.4f}\tm_ssim_{de_name}: {m['ssim']:.4f} ({m['count']} img)"
+            message += '\n\t #' + ''.join(f' m_{k}_{de_name}: {m[k]:.4f}' for k in specs) + f" ({m['count']} img)"
             if tb_logger is not None:
-                tb_logger.add_scalar(f'metrics/{dataset_name}/m_psnr_{de_name}', m['psnr'], current_iter)
-                tb_logger.add_scalar(f'metrics/{dataset_name}/m_ssim_{de_name}', m['ssim'], current_iter)
+                for k in specs:
+                    tb_logger.add_scalar(f'metrics/{dataset_name}/m_{k}_{de_name}', m[k], current_iter)
         logger.info(message)
         if self.opt['is_train']:
-            entry = {k: {'psnr': v['psnr'], 'ssim': v['ssim']} for k, v in result['per_degradation'].items()}
+            entry = {de: {k: m[k] for k in specs} for de, m in result['per_degradation'].items()}
             if self.train_log['val'] and self.train_log['val'][-1][0] == current_iter:
                 self.train_log['val'][-1][1].update(entry)
             else:

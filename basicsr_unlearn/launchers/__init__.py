@@ -1,0 +1,7 @@
+"""The launchers: BasicSR's train/test pipelines with the plugin, as console scripts (``pyproject.toml``).
+
+``basicsr-unlearn-train`` / ``basicsr-unlearn-test`` (or ``tools/train.py`` / ``tools/test.py``, thin wrappers, or
+``python -m basicsr_unlearn.launchers.train``) take ``-opt X.yml`` plus BasicSR's flags and ``--cfg-options a.b=v``;
+outputs go under the current directory. Multi-process: ``torchrun --nproc_per_node=N tools/train.py -opt X.yml
+--launcher pytorch`` (or ``torchrun --no-python ... basicsr-unlearn-train ...``).
+"""
