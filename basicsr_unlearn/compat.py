@@ -6,7 +6,10 @@
   and ``gloo`` without; ``torch.cuda.set_device(LOCAL_RANK)`` only for NCCL; timeout from
   ``BASICSR_DIST_TIMEOUT`` (seconds). BasicSR computes ``rank % cuda.device_count()`` (ZeroDivisionError on CPU).
 - ``basicsr.train.load_resume_state``: device-aware ``map_location``, ``weights_only=True``, auto-resume from
-  ``opt['path']['training_states']`` (BasicSR maps to CUDA unconditionally and scans a CWD-relative folder).
+  ``opt['path']['training_states']`` (BasicSR maps to CUDA unconditionally and scans a CWD-relative folder), falling
+  back to the previous ``.state`` when the newest (or its network checkpoint) is unreadable.
+- ``BaseModel.load_network``: :func:`basicsr_unlearn.checkpoint.load_network` (``weights_only=True``, finite
+  weights, errors naming the file and the ``path.pretrain_network_*`` option, key/shape report).
 - ``basicsr.train.parse_options`` / ``basicsr.test.parse_options``: :func:`basicsr_unlearn.config.parse_options`
   (``_base_``, ``--cfg-options``, fail-fast validation, merged options saved).
 - ``sys.argv``: ``--local-rank=N`` rewritten to ``--local_rank=N``.
@@ -16,6 +19,7 @@ DDP on CPU without ``device_ids`` lives in ``AllInOneModel.model_to_device``. La
 :func:`destroy_process_group` at the end (BasicSR never does).
 """
 import datetime
+import logging
 import os
 import sys
 from os import path as osp
@@ -24,6 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from basicsr_unlearn import checkpoint
 from basicsr_unlearn.config import parse_options, rewrite_local_rank
 
 
@@ -53,40 +58,55 @@ def init_dist_pytorch(backend: str | None = None, **kwargs) -> None:
 def load_resume_state(opt: dict) -> dict | None:
     """Replacement of ``basicsr.train.load_resume_state``: returns the resume state (or None) on the right device.
 
-    With ``opt['auto_resume']`` the newest ``<iter>.state`` in ``opt['path']['training_states']`` is used, else
-    ``opt['path']['resume_state']``. Loaded with ``weights_only=True``; ``check_resume`` rewrites the network paths.
+    With ``opt['auto_resume']`` the newest ``<iter>.state`` in ``opt['path']['training_states']`` whose file and
+    network checkpoints (``models/net_<x>_<iter>.pth``) are whole is used, falling back to the previous one with a
+    warning (an error when states exist but none is readable); else ``opt['path']['resume_state']``. Loaded with
+    ``weights_only=True``; ``check_resume`` rewrites the network paths.
     """
     from basicsr.utils import check_resume
 
-    path = None
-    if opt.get('auto_resume'):
-        folder = opt['path']['training_states']
-        if osp.isdir(folder):
-            iters = [int(f[:-len('.state')]) for f in os.listdir(folder)
-                     if f.endswith('.state') and f[:-len('.state')].isdigit()]
-            if iters:
-                path = osp.join(folder, f'{max(iters)}.state')
-                opt['path']['resume_state'] = path
-    elif opt['path'].get('resume_state'):
-        path = opt['path']['resume_state']
-    if path is None:
-        return None
     if opt.get('num_gpu', 0) != 0 and torch.cuda.is_available():
         map_location = f'cuda:{torch.cuda.current_device()}'
     else:
         map_location = 'cpu'
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    check_resume(opt, state['iter'])
-    return state
+    if not opt.get('auto_resume'):
+        path = opt['path'].get('resume_state')
+        if not path:
+            return None
+        state = checkpoint.read_checkpoint(path, 'path.resume_state', map_location)
+        check_resume(opt, state['iter'])
+        return state
+    ignored = opt['path'].get('ignore_resume_networks') or []
+    networks = [k.removeprefix('network_') for k in opt if k.startswith('network_') and k not in ignored]
+    skipped = []
+    for path in checkpoint.state_files(opt['path']['training_states']):
+        try:
+            state = checkpoint.read_checkpoint(path, '--auto_resume', map_location)
+            for net in networks:
+                net_file = osp.join(opt['path']['models'], f"net_{net}_{state['iter']}.pth")
+                checkpoint.check_whole(net_file, '--auto_resume')
+        except (FileNotFoundError, ValueError) as err:
+            logging.getLogger('basicsr').warning(f'{err}; falling back to the previous state')
+            skipped.append(str(err))
+            continue
+        opt['path']['resume_state'] = path
+        check_resume(opt, state['iter'])
+        return state
+    if skipped:  # never start afresh (and archive the folder) when states exist but none is readable
+        raise ValueError(f'--auto_resume: no readable training state in {opt["path"]["training_states"]}: '
+                         + ' | '.join(skipped))
+    return None
 
 
 def apply() -> None:
     """Install every fix (idempotent; call before ``train_pipeline`` / ``test_pipeline``)."""
     import basicsr.test
     import basicsr.train
+    from basicsr.models.base_model import BaseModel
     from basicsr.utils import dist_util
 
     dist_util._init_dist_pytorch = init_dist_pytorch
+    BaseModel.load_network = checkpoint.load_network
     basicsr.train.load_resume_state = load_resume_state
     basicsr.train.parse_options = parse_options
     basicsr.test.parse_options = parse_options
