@@ -1,13 +1,11 @@
-"""AllInOneModel in-process: padding/crop-back, tiling, optimizers, de_name handling, checkpoints, evaluate."""
+"""AllInOneModel in-process: padding/crop-back, tiling, optimizers, de_name handling, checkpoints."""
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import tiny_train_options
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
-from basicsr_unlearn.evaluation.metrics import evaluate
 from basicsr_unlearn.models.all_in_one_model import AllInOneModel
 
 
@@ -83,34 +81,3 @@ def test_default_l1_loss_step_and_plain_checkpoints(tmp_path: Path) -> None:
 def test_unknown_val_key_fails_at_construction(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="val: unknown key 'pad_multiplee'.*did you mean 'pad_multiple'"):
         make_model(tmp_path, pad_multiplee=8)
-
-
-class Labelled(Dataset):
-    def __init__(self) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.gt = torch.rand(5, 3, 12, 12, generator=g)
-        self.lq = (self.gt + 0.1 * torch.randn(5, 3, 12, 12, generator=g)).clamp(0, 1)
-        self.names = ['rain', 'haze', 'rain', 'noise25', 'rain']
-
-    def __len__(self) -> int:
-        return 5
-
-    def __getitem__(self, i: int) -> dict:
-        return {'lq': self.lq[i], 'gt': self.gt[i], 'lq_path': f'x/{i}.png', 'de_name': self.names[i]}
-
-
-def test_evaluate_groups_per_degradation_and_matches_manual_psnr() -> None:
-    dataset = Labelled()
-    result = evaluate(lambda x: x, DataLoader(dataset, batch_size=2))
-    assert [r['name'] for r in result['per_image']] == ['0', '1', '2', '3', '4']
-    per = result['per_degradation']
-    assert {k: v['count'] for k, v in per.items()} == {'rain': 3, 'haze': 1, 'noise25': 1}
-    for i, record in enumerate(result['per_image']):
-        lq = (dataset.lq[i] * 255).round()
-        gt = (dataset.gt[i] * 255).round()
-        psnr = 10 * torch.log10(255.0 ** 2 / ((lq - gt) ** 2).mean())
-        assert record['psnr'] == pytest.approx(psnr.item(), abs=1e-4)
-        assert record['l1'] == pytest.approx((dataset.lq[i] - dataset.gt[i]).abs().mean().item(), abs=1e-6)
-        assert 0 < record['ssim'] < 1
-    rain = [r['psnr'] for r in result['per_image'] if r['de_name'] == 'rain']
-    assert per['rain']['psnr'] == pytest.approx(sum(rain) / 3)

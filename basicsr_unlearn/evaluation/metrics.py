@@ -18,6 +18,7 @@ Example:
     (42.11, 2)
 """
 import inspect
+import math
 from collections.abc import Callable
 from os import path as osp
 
@@ -148,6 +149,16 @@ def check_finite(output: torch.Tensor, lq_paths: list[str], source: str) -> None
                          'NaN/inf); refusing to score it (the weights or the input are broken)')
 
 
+def _score(images: dict, metric: str, spec: dict, source: str, lq_path: str) -> float:
+    """``calculate_metric`` of one image pair; a NaN (e.g. SSIM on an image smaller than its window) is an error."""
+    value = float(calculate_metric(images, spec))
+    if math.isnan(value):
+        h, w = images['img'].shape[:2]
+        raise ValueError(f"{source}: metric {metric} ({spec['type']}) gave nan for {lq_path} ({h}x{w} px, options "
+                         f'{ {k: v for k, v in spec.items() if k != "type"} })')
+    return value
+
+
 @torch.no_grad()
 def evaluate(restore: Callable[[torch.Tensor], torch.Tensor],
              dataloader: DataLoader,
@@ -176,7 +187,8 @@ def evaluate(restore: Callable[[torch.Tensor], torch.Tensor],
         'per_degradation': {de_name: {<metric>..., 'l1', 'count'}}}``, identical on every rank.
 
     Raises:
-        ValueError: an output holds NaN or inf (naming ``source`` and the image's ``lq_path``).
+        ValueError: an output holds NaN or inf, or a metric gives NaN (naming ``source`` and the image's
+            ``lq_path``). An infinite PSNR (output equal to ``gt``) is kept.
     """
     specs = metrics or default_metrics(y_channel, crop_border)
     source = source or getattr(restore, '__qualname__', 'restore')
@@ -197,7 +209,7 @@ def evaluate(restore: Callable[[torch.Tensor], torch.Tensor],
                 'index': indices[position],
                 'name': name,
                 'de_name': batch['de_name'][i] if 'de_name' in batch else default_group,
-                **{metric: float(calculate_metric(images, spec)) for metric, spec in specs.items()},
+                **{metric: _score(images, metric, spec, source, batch['lq_path'][i]) for metric, spec in specs.items()},
                 'l1': float((output[i] - gt[i]).abs().mean()),
             })
             position += 1
