@@ -1,5 +1,6 @@
-"""tools/train.py and tools/test.py end to end on one process: saved merged options, logs, checkpoints, metrics."""
+"""The launchers end to end on one process (tools/*.py and the console scripts): options, logs, checkpoints, metrics."""
 import json
+import subprocess
 from pathlib import Path
 
 import cv2
@@ -8,7 +9,7 @@ import torch
 import yaml
 from basicsr.archs.edsr_arch import EDSR
 from basicsr.metrics import calculate_psnr
-from helpers import run_tool, tiny_workspace, write_yaml
+from helpers import PYTHON, run_tool, tiny_workspace, tool_env, write_yaml
 
 
 def test_train_saves_merged_options_checkpoints_and_curves(tmp_path: Path) -> None:
@@ -34,9 +35,10 @@ def test_train_saves_merged_options_checkpoints_and_curves(tmp_path: Path) -> No
     assert list((tmp_path / 'tb_logger' / 'child').glob('events.out.tfevents.*'))
 
 
-def test_debug_flag_prefixes_name_and_disables_tensorboard(tmp_path: Path) -> None:
+def test_console_script_with_debug_flag_prefixes_name_and_disables_tensorboard(tmp_path: Path) -> None:
     option_file = tiny_workspace(tmp_path, total_iter=2)
-    proc = run_tool('train.py', ['-opt', option_file, '--debug'], tmp_path)
+    command = [str(Path(PYTHON).with_name('basicsr-unlearn-train')), '-opt', option_file, '--debug']
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=tool_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / 'experiments' / 'debug_tiny' / 'models' / 'net_g_latest.pth').is_file()
     assert not (tmp_path / 'tb_logger').exists()
@@ -49,17 +51,21 @@ def test_test_tool_writes_per_degradation_metrics(tmp_path: Path) -> None:
     val = opt['datasets']['val']
     opt.update(name='tiny_test', datasets={'test_a': dict(val, name='noise25'), 'test_b': dict(val, name='rain')})
     opt['path']['pretrain_network_g'] = 'experiments/tiny/models/net_g_latest.pth'
-    opt['val'] = {'save_img': True, 'suffix': None, 'pad_multiple': 4}  # 28 px: no padding, exact comparison
+    opt['val'] = {'save_img': True, 'suffix': None, 'pad_multiple': 4,  # 28 px: no padding, exact comparison
+                  'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
+                              'psnr_y': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': True}}}
     del opt['train']
     write_yaml(tmp_path / 'test.yml', opt)
     proc = run_tool('test.py', ['-opt', 'test.yml'], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = tmp_path / 'results' / 'tiny_test'
     metrics = json.loads((results / 'metrics.json').read_text())
-    assert metrics['metric_space'] == 'RGB' and metrics['checkpoint'].endswith('net_g_latest.pth')
+    assert metrics['metric_space'] == 'mixed' and metrics['checkpoint'].endswith('net_g_latest.pth')
+    assert set(metrics['per_degradation']['rain']) == {'psnr', 'psnr_y', 'l1', 'count'}
     assert set(metrics['datasets']) == {'noise25', 'rain'} and set(metrics['per_degradation']) == {'noise25', 'rain'}
     assert metrics['per_degradation']['rain']['count'] == 3 and len(metrics['per_image']) == 6
-    assert '| noise25 | noise25 |' in (results / 'metrics.md').read_text()
+    table = (results / 'metrics.md').read_text()
+    assert '| dataset | degradation | psnr (RGB) | psnr_y (Y) | images |' in table and '| noise25 | noise25 |' in table
     assert len(list((results / 'visualization' / 'rain').glob('*.png'))) == 3
 
     # independent recomputation of one PSNR: the same weights, image read by OpenCV, BasicSR's PSNR on uint8
@@ -72,3 +78,5 @@ def test_test_tool_writes_per_degradation_metrics(tmp_path: Path) -> None:
     out = (out[..., ::-1] * 255).round().astype(np.uint8)
     record = next(r for r in metrics['datasets']['rain']['per_image'] if r['name'] == '001')
     assert abs(record['psnr'] - calculate_psnr(out, gt, 0)) < 1e-6
+    assert abs(record['psnr_y'] - calculate_psnr(out, gt, 0, test_y_channel=True)) < 1e-6
+    assert abs(record['psnr_y'] - record['psnr']) > 0.01  # the block's test_y_channel is used

@@ -24,19 +24,23 @@ from basicsr_unlearn.fileio import write_json, write_text
 
 
 def metrics_markdown(metrics: dict) -> str:
-    """Human table of ``metrics.json``: one row per (dataset, degradation), one column per metric.
+    """Human table of ``metrics.json``: one row per (dataset, degradation), one column per metric (with its space).
 
     Example:
         >>> block = {'per_degradation': {'rain': {'psnr': 30.0, 'count': 2}}}
-        >>> table = metrics_markdown({'name': 'x', 'checkpoint': 'net.pth', 'metric_space': 'RGB',
-        ...                           'metrics': {'psnr': {}}, 'datasets': {'val': block}})
-        >>> table.rstrip().splitlines()[-1]
-        '| val | rain | 30.0000 | 2 |'
+        >>> specs = {'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False}}
+        >>> table = metrics_markdown({'name': 'x', 'checkpoint': 'a.pth', 'metrics': specs, 'datasets': {'v': block}})
+        >>> for line in table.splitlines()[4::2]:
+        ...     print(line)
+        | dataset | degradation | psnr (RGB) | images |
+        | v | rain | 30.0000 | 2 |
     """
-    names = list(metrics['metrics'])
-    rows = [[ds, de, *(m[k] for k in names), m['count']]
+    specs = metrics['metrics']
+    rows = [[ds, de, *(m[k] for k in specs), m['count']]
             for ds, block in metrics['datasets'].items() for de, m in block['per_degradation'].items()]
-    header = ['dataset', 'degradation', *(f"{k} ({metrics['metric_space']})" for k in names), 'images']
+    spaces = {k: f" ({'Y' if spec['test_y_channel'] else 'RGB'})" if 'test_y_channel' in spec else ''
+              for k, spec in specs.items()}
+    header = ['dataset', 'degradation', *(f'{k}{spaces[k]}' for k in specs), 'images']
     return (f"# {metrics['name']}\n\ncheckpoint: `{metrics['checkpoint']}`\n\n"
             + markdown_table(header, rows, floatfmt='.4f') + '\n')
 
