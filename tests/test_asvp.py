@@ -2,10 +2,11 @@
 import pytest
 import torch
 from basicsr.archs.edsr_arch import EDSR
+from torch import nn
 
+from basicsr_unlearn.attacks.inverse_asvp import estimate_k_h, inverse_asvp
 from basicsr_unlearn.defenses import build_defense
 from basicsr_unlearn.defenses.asvp import ASVP, scale_top_singular, to_matrices
-from basicsr_unlearn.defenses.inverse_asvp import estimate_k_h, inverse_asvp
 
 
 def tiny_net(seed: int = 0) -> EDSR:
@@ -27,10 +28,46 @@ def geometric_features(b: int = 3, c: int = 12, hw: int = 8, ratio: float = 0.8)
 
 
 @pytest.mark.parametrize('layout', ['channel_space', 'channel_map'])
-def test_h1_is_identity(layout):
-    x = torch.randn(2, 8, 6, 10, dtype=torch.float64)
-    out = ASVP(['x'], k=3, h=1.0, layout=layout).perturb(x)
-    assert torch.allclose(out, x, rtol=0, atol=1e-12)
+def test_h1_map_is_identity_and_asvp_rejects_no_op_options(layout):
+    x = torch.randn(2, 6, 6, 10, dtype=torch.float64)
+    m = to_matrices(x, layout)
+    assert torch.allclose(scale_top_singular(m, 3, 1.0), m, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r'asvp.h: expected a number > 0 other than 1 \(h = 1 is the identity'):
+        ASVP(['x'], k=3, h=1.0, layout=layout)
+    with pytest.raises(ValueError, match=r'asvp.randomize.h: \[1, 1\] is the identity'):
+        ASVP(['x'], randomize={'k': [1, 2], 'h': [1, 1]}, layout=layout)
+    with pytest.raises(ValueError, match=r"asvp.k: expected an int >= 1 or 'energy:<tau>' with 0 < tau < 1"):
+        ASVP(['x'], k='energy:1', layout=layout)
+    rank = 6  # channel_space: min(C=6, H*W=60); channel_map: min(H=6, W=10)
+    ASVP(['x'], k=rank - 1, h=2.0, layout=layout).perturb(x, 'x')
+    with pytest.raises(ValueError, match=rf"asvp.k: {rank} >= {rank}, the rank of the {layout} matrices .* of module "
+                                         r"'x'; amplifying every singular value is a plain rescale"):
+        ASVP(['x'], k=rank, h=2.0, layout=layout).perturb(x, 'x')
+    with pytest.raises(ValueError, match=rf'asvp.randomize.k: 9 >= {rank}, the rank'):
+        ASVP(['x'], randomize={'k': [1, 9], 'h': [2.0, 4.0]}, layout=layout).perturb(x, 'x')
+
+
+def test_exposed_mode_does_no_work_until_the_tap_is_read(monkeypatch):
+    net, x = tiny_net(), image()
+    defense = ASVP(['body.1'], k=2, h=4.0).attach(net)
+    calls = []
+    monkeypatch.setattr(defense, 'perturb', lambda f, name='': calls.append(name) or f)
+    with torch.no_grad():
+        net(x)
+        net(x)
+    assert calls == [] and list(defense.exposed_features) == ['body.1']
+    defense.exposed_features['body.1']
+    defense.exposed_features['body.1']
+    assert calls == ['body.1']  # once per forward pass, on the first read
+
+
+def test_exposed_copy_refuses_a_tap_modified_in_place():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 3, 3, padding=1))
+    defense = ASVP(['0'], k=1, h=4.0).attach(net)
+    with torch.no_grad():
+        net(image())
+    with pytest.raises(RuntimeError, match=r"asvp.targets: the output of '0' was modified in place"):
+        defense.exposed_features['0']
 
 
 @pytest.mark.parametrize('layout,shape', [('channel_space', (2, 6, 5, 7)), ('channel_space', (2, 40, 3, 3)),

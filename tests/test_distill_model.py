@@ -25,8 +25,8 @@ def distill_options(tmp, name: str, total_iter: int = 4) -> dict:
     opt['network_teacher'] = TEACHER
     opt['path'].update(pretrain_network_teacher=save_teacher(tmp / 'teacher.pth'),
                        ignore_resume_networks=['network_teacher'])
-    opt['distill'] = {'output_weight': 1.0, 'feature_weight': 0.5, 'taps': [['body.0', 'body.1']],
-                      'attack': 'inverse_asvp', 'attack_opt': {'layout': 'channel_space'}}
+    opt['distill'] = {'type': 'InverseASVPKD', 'output_weight': 1.0, 'feature_weight': 0.5,
+                      'taps': [['body.0', 'body.1']], 'layout': 'channel_space'}
     opt['asvp'] = {'targets': ['body.1'], 'k': 2, 'h': 4.0, 'mode': 'exposed'}
     opt['val']['val_freq'] = 2
     return opt
@@ -40,19 +40,21 @@ def test_distill_run_trains_and_evaluates(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     exp = tmp_path / 'experiments' / 'distill_tiny'
     assert (exp / 'models' / 'net_g_latest.pth').is_file()
-    adapters = torch.load(exp / 'models' / 'net_adapters_latest.pth', weights_only=True)['params']
-    assert adapters['convs.0.weight'].shape == (16, 8, 1, 1)  # student body.0 (8 ch) -> teacher body.1 (16 ch)
+    adapters = torch.load(exp / 'models' / 'net_attack_latest.pth', weights_only=True)['params']
+    assert adapters['adapters.0.weight'].shape == (16, 8, 1, 1)  # student body.0 (8 ch) -> teacher body.1 (16 ch)
     log = json.loads((exp / 'train_log.json').read_text())
     assert [it for it, _ in log['val']] == [2, 4]
     assert all(entry['noise25']['psnr'] > 5 for _, entry in log['val'])
     log_text = next(exp.glob('train_distill_tiny_*.log')).read_text()
-    assert 'l_kd_out' in log_text and 'l_kd_feat' in log_text and 'attack inverse_asvp' in log_text
+    assert 'l_kd_out' in log_text and 'l_kd_feat' in log_text and 'attack InverseASVPKD(' in log_text
 
 
-def parsed_options(tmp, **distill) -> dict:
+def parsed_options(tmp, type_: str = 'InverseASVPKD', **distill) -> dict:
     """Options as BasicSR's parse_options leaves them (CPU, one process), for building the model in-process."""
     opt = distill_options(tmp, 'inproc')
-    opt['distill'].update(distill)
+    opt['distill'].update(distill, type=type_)
+    if type_ != 'InverseASVPKD':
+        opt['distill'].pop('layout')
     opt.update(is_train=True, dist=False, rank=0, world_size=1, num_gpu=0)
     for key in ('models', 'training_states', 'log', 'visualization', 'experiments_root'):
         opt['path'][key] = str(tmp / 'exp' / key)
@@ -76,7 +78,7 @@ def test_ground_truth_never_used_and_exposed_teacher_output_identical(tmp_path):
 
 
 def test_feature_taps_read_through_the_defence(tmp_path):
-    model = build_model(parsed_options(tmp_path, attack=None))
+    model = build_model(parsed_options(tmp_path, 'KD'))
     lq = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     _, observed = model.teacher_targets(lq)
     assert torch.equal(observed[0], model.defense.exposed_features['body.1'])
@@ -91,8 +93,8 @@ def test_bad_distill_options_are_named(tmp_path):
     from basicsr_unlearn.models.distill_model import DistillModel
 
     opt = distill_options(tmp_path, 'bad')
-    opt['distill']['attack'] = 'inverse'
-    with pytest.raises(ValueError, match="distill.attack: unknown 'inverse'"):
+    opt['distill']['type'] = 'Inverse'
+    with pytest.raises(ValueError, match="distill.type: unknown 'Inverse'; expected one of InverseASVPKD, KD"):
         DistillModel.check_options(opt)
     opt['distill'] = {'feature_weight': 1.0}
     with pytest.raises(ValueError, match='distill.taps: feature_weight > 0 needs'):

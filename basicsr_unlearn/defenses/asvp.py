@@ -8,19 +8,29 @@ Layouts: ``channel_space`` treats each sample's ``(C, H*W)`` map as one matrix (
 ``(C, N)``); ``channel_map`` treats each channel's ``(H, W)`` map as one matrix. Modes: ``exposed`` leaves the
 network's computation untouched and only records the perturbed features in :attr:`ASVP.exposed_features` (the
 feature tap an API, a dump or a KD interface reads), so the output is bit-identical; ``inline`` replaces the
-features by the perturbed ones (gradients still flow through the clean part). With ``randomize`` each query
+features by the perturbed ones (gradients still flow through the clean part). In exposed mode the features are
+perturbed lazily, when the tap is read, so an unread tap costs nothing. With ``randomize`` each query
 (sample) draws its own ``k`` and ``h`` from a secret seed keyed on the feature content, so repeating a query gives
 the same answer and cannot be averaged out, while different queries get different k and h.
 
+Options that change nothing are rejected: ``h = 1`` (the identity) and ``k`` at or above the rank of the hooked
+matrices (known at the first forward pass: a plain rescale by ``h``).
+
 Example:
-    >>> defense = ASVP(targets=['body.*'], k=4, h=4.0).attach(net)
-    >>> y = net(x)                                  # identical to the unprotected output
-    >>> tapped = defense.exposed_features['body.2']  # perturbed (B, C, H, W)
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+    >>> x = torch.rand(1, 3, 16, 16)
+    >>> clean = net(x)
+    >>> defense = ASVP(targets=['0'], k=2, h=4.0).attach(net)
+    >>> torch.equal(net(x), clean)                    # exposed mode: the output is bit-identical
+    True
+    >>> defense.exposed_features['0'].shape           # what a feature tap sees (perturbed on this read)
+    torch.Size([1, 8, 16, 16])
     >>> defense.remove()
 """
 import fnmatch
 import hashlib
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -78,37 +88,65 @@ def scale_top_singular(m: torch.Tensor, k: torch.Tensor | int | str, h: torch.Te
         below ``1e-6 * sigma_1`` excluded).
 
     Example:
-        >>> m2 = scale_top_singular(m, 2, 3.0)
-        >>> torch.linalg.svdvals(m2.double())[..., :2] / torch.linalg.svdvals(m.double())[..., :2]   # == 3
+        >>> m = torch.randn(2, 4, 6, dtype=torch.float64)
+        >>> ratio = torch.linalg.svdvals(scale_top_singular(m, 2, 3.0)) / torch.linalg.svdvals(m)
+        >>> [round(v, 6) for v in ratio[0].tolist()]
+        [3.0, 3.0, 1.0, 1.0]
     """
     wide = m.shape[-2] <= m.shape[-1]
     mat = m.double() if wide else m.double().transpose(-1, -2)
+    out = apply_top_scale(mat, *gram_eigh(mat), k, h)
+    return (out if wide else out.transpose(-1, -2)).to(m.dtype)
+
+
+def apply_top_scale(mat: torch.Tensor, s2: torch.Tensor, u: torch.Tensor, k: torch.Tensor | int | str,
+                    h: torch.Tensor | float) -> torch.Tensor:
+    """The ASVP map from a given decomposition (of :func:`gram_eigh`), so callers that need the spectrum too
+    (the inverse attacker, spectrum re-projection) decompose once.
+
+    Args:
+        mat: ``(N, a, b)`` float64 matrices with ``a <= b``.
+        s2, u: their squared singular values ``(N, a)`` (descending) and left singular vectors ``(N, a, a)``.
+        k, h: as in :func:`scale_top_singular`.
+
+    Returns:
+        ``(N, a, b)`` float64 ``M + U diag((h - 1) w) U^T M``.
+
+    Example:
+        >>> mat = torch.randn(3, 4, 9, dtype=torch.float64)
+        >>> torch.allclose(apply_top_scale(mat, *gram_eigh(mat), 2, 0.5), scale_top_singular(mat, 2, 0.5))
+        True
+    """
     n, r = mat.shape[0], mat.shape[-2]
-    s2, u = gram_eigh(mat)
     if isinstance(k, str):
         k = energy_rank(s2, parse_energy(k, 'k'))
     k = torch.as_tensor(k, dtype=torch.int64).expand(n)
     h = torch.as_tensor(h, dtype=torch.float64).expand(n)
     k_max = int(k.max().clamp(max=r))
     if k_max <= 0:
-        return m.clone()
+        return mat.clone()
     s2, u = s2[:, :k_max], u[:, :, :k_max]
     rank = torch.arange(k_max)
     w = (rank[None] < k[:, None]) & (s2 > (REL_EPS ** 2) * s2[:, :1])
     gain = (h[:, None] - 1) * w
-    out = mat + u @ (gain[..., None] * (u.transpose(-1, -2) @ mat))
-    return (out if wide else out.transpose(-1, -2)).to(m.dtype)
+    return mat + u @ (gain[..., None] * (u.transpose(-1, -2) @ mat))
 
 
 def parse_energy(k: str, where: str) -> float:
-    """``'energy:0.9'`` -> 0.9, with a clear error naming ``where`` otherwise."""
+    """``'energy:0.9'`` -> 0.9, with a clear error naming ``where`` otherwise.
+
+    Example:
+        >>> parse_energy('energy:0.9', 'asvp.k')
+        0.9
+    """
     name, _, value = k.partition(':')
     try:
         tau = float(value)
     except ValueError:
         tau = -1.0
-    if name != 'energy' or not 0 < tau <= 1:
-        raise ValueError(f"{where}: expected an int >= 1 or 'energy:<tau>' with 0 < tau <= 1, got '{k}'")
+    if name != 'energy' or not 0 < tau < 1:
+        raise ValueError(f"{where}: expected an int >= 1 or 'energy:<tau>' with 0 < tau < 1 (tau = 1 amplifies "
+                         f"every singular value, a plain rescale), got '{k}'")
     return tau
 
 
@@ -139,6 +177,52 @@ def per_matrix(values: torch.Tensor, x: torch.Tensor, layout: str) -> torch.Tens
     return values.repeat_interleave(x.shape[1]) if layout == 'channel_map' else values
 
 
+class ExposedFeatures(Mapping):
+    """The feature tap of an exposed-mode ASVP: ``{module name: perturbed features}``, perturbed on first read.
+
+    The hooks only keep a reference to each module's output (no copy, no decomposition), so a forward pass whose
+    features nobody reads costs nothing; reading a name runs :meth:`ASVP.perturb` once and caches the result.
+    """
+
+    def __init__(self, defense: 'ASVP') -> None:
+        self.defense = defense
+        self._raw: dict[str, tuple[torch.Tensor, int]] = {}
+        self._done: dict[str, torch.Tensor] = {}
+
+    def record(self, name: str, features: torch.Tensor, perturbed: bool = False) -> None:
+        """Keep ``features`` of module ``name`` (already ``perturbed``, or raw to perturb on read)."""
+        self._done.pop(name, None)
+        self._raw.pop(name, None)
+        if perturbed:
+            self._done[name] = features
+        else:
+            self._raw[name] = (features, features._version)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._done:
+            raw, version = self._raw.pop(name)
+            if raw._version != version:
+                raise RuntimeError(f"{self.defense.where}.targets: the output of '{name}' was modified in place "
+                                   'after the forward hook, so its exposed copy would be wrong; hook a module whose '
+                                   'output is not changed in place (or use mode: inline)')
+            self._done[name] = self.defense.perturb(raw, name)
+        return self._done[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._done or name in self._raw
+
+    def __iter__(self):
+        return iter([*self._done, *self._raw])
+
+    def __len__(self) -> int:
+        return len(self._done) + len(self._raw)
+
+    def clear(self) -> None:
+        """Forget every recorded feature."""
+        self._raw.clear()
+        self._done.clear()
+
+
 @DEFENSE_REGISTRY.register()
 class ASVP:
     """Forward hooks that amplify the top-k singular values of chosen feature maps by ``h``.
@@ -165,8 +249,9 @@ class ASVP:
             parse_energy(k, f'{where}.k')
         elif isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"{where}.k: expected an int >= 1 or 'energy:<tau>', got {k!r}")
-        if not isinstance(h, (int, float)) or h <= 0:
-            raise ValueError(f'{where}.h: expected a number > 0, got {h!r}')
+        if isinstance(h, bool) or not isinstance(h, (int, float)) or h <= 0 or h == 1:
+            raise ValueError(f'{where}.h: expected a number > 0 other than 1 (h = 1 is the identity, no '
+                             f'protection), got {h!r}')
         if layout not in LAYOUTS:
             raise ValueError(f"{where}.layout: unknown '{layout}'; expected one of {', '.join(LAYOUTS)}")
         if mode not in MODES:
@@ -179,9 +264,12 @@ class ASVP:
                                                                                     for v in lo_hi)
                         or not 0 < lo_hi[0] <= lo_hi[1]):
                     raise ValueError(f'{where}.randomize.{key}: expected [lo, hi] with 0 < lo <= hi, got {lo_hi!r}')
+            if randomize['h'][0] == randomize['h'][1] == 1:
+                raise ValueError(f'{where}.randomize.h: [1, 1] is the identity (no protection); expected a range '
+                                 'other than [1, 1]')
         self.k, self.h, self.layout, self.mode = k, float(h), layout, mode
         self.randomize, self.seed, self.where = randomize, int(seed), where
-        self.exposed_features: dict[str, torch.Tensor] = {}
+        self.exposed_features = ExposedFeatures(self)
         self.last_params: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.module_names: list[str] = []
         self._handles: list = []
@@ -216,12 +304,12 @@ class ASVP:
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"{self.where}.targets: module '{name}' returns {type(output).__name__}; ASVP "
                                 'hooks modules that return one feature tensor')
-            with torch.no_grad():
-                perturbed = self.perturb(output.detach(), name)
-            self.exposed_features[name] = perturbed
-            if self.mode == 'inline':
-                return output + (perturbed - output.detach())
-            return None
+            if self.mode == 'exposed':  # perturbed only when read: no work when nothing taps the features
+                self.exposed_features.record(name, output.detach())
+                return None
+            perturbed = self.perturb(output.detach(), name)
+            self.exposed_features.record(name, perturbed, perturbed=True)
+            return output + (perturbed - output.detach())
 
         return hook
 
@@ -247,12 +335,23 @@ class ASVP:
 
         Returns a tensor of the same shape and dtype; ``name`` keys the randomisation (the hooked module's name).
         """
+        m = to_matrices(x, self.layout)
+        self.check_rank(min(m.shape[-2:]), name)
         k, h = self.query_params(x, name)
         self.last_params[name] = (k, h)
         if not isinstance(k, str):
             k = per_matrix(k, x, self.layout)
-        m = scale_top_singular(to_matrices(x, self.layout), k, per_matrix(h, x, self.layout))
-        return from_matrices(m, x, self.layout)
+        return from_matrices(scale_top_singular(m, k, per_matrix(h, x, self.layout)), x, self.layout)
+
+    def check_rank(self, rank: int, name: str) -> None:
+        """Raise when ``k`` (or ``randomize.k``'s upper end) reaches the rank of the hooked matrices: amplifying
+        every singular value is a plain rescale by ``h``, which any student absorbs."""
+        k_hi, key = (self.randomize['k'][1], 'randomize.k') if self.randomize else (self.k, 'k')
+        if isinstance(k_hi, int) and k_hi >= rank:
+            side = 'C x H*W per sample' if self.layout == 'channel_space' else 'H x W per channel'
+            raise ValueError(f"{self.where}.{key}: {k_hi} >= {rank}, the rank of the {self.layout} matrices "
+                             f"({side}) of module '{name}'; amplifying every singular value is a plain rescale by "
+                             f'h; expected k < {rank}')
 
     def __repr__(self) -> str:
         params = f'randomize={self.randomize}' if self.randomize else f'k={self.k}, h={self.h}'

@@ -70,11 +70,16 @@ class AllInOneModel(SRModel):
                     raise ValueError(f'val.{key}: applies to the default PSNR/SSIM only; with val.metrics set '
                                      f'{key} in each metric block (val.metrics.<name>.{key})')
 
-    def attach_defense(self):
-        """Protect the inference net with the top-level ``asvp:`` block (ASVP hooks); ``None`` without one."""
-        if not self.opt.get('asvp'):
+    def attach_defense(self, net: nn.Module | None = None):
+        """Protect ``net`` (default: the inference net) with the top-level ``asvp:`` block; ``None`` without one.
+
+        The block names its class in ``type``, a ``DEFENSE_REGISTRY`` name, like every other block; ``ASVP`` when
+        absent (older YAMLs). Subclasses choose the net (DistillModel: the teacher) and call this one copy.
+        """
+        block = self.opt.get('asvp')
+        if not block:
             return None
-        return build_defense({'type': 'ASVP', **self.opt['asvp']}).attach(self.inference_net())
+        return build_defense({'type': 'ASVP', **block}, 'asvp').attach(net or self.inference_net())
 
     def init_training_settings(self) -> None:
         """SRModel's settings (EMA, losses, optimizer, scheduler) with an L1 pixel loss by default."""

@@ -6,12 +6,21 @@ its singular values by h recovers F exactly. Unknown k and h show as a jump in t
 mean of its neighbours, picks k at the largest excess (among ``i <= k_max``) and h = exp(excess); on a spectrum that
 is log-linear around k the estimate is exact. Fixed k/h across queries can also be pooled (median over matrices).
 
+``InverseASVPKD`` is the KD attacker (:class:`~basicsr_unlearn.attacks.kd.KD`) that matches the undone features.
+
 Example:
-    >>> clean_estimate = inverse_asvp(defense.exposed_features['body.2'], layout='channel_space')
+    >>> from basicsr_unlearn.defenses.asvp import ASVP
+    >>> x = torch.randn(2, 8, 6, 6, dtype=torch.float64)
+    >>> observed = ASVP(['x'], k=2, h=8.0).perturb(x)
+    >>> undone = inverse_asvp(observed, layout='channel_space', k=2, h=8.0)
+    >>> bool(torch.allclose(undone, x))
+    True
 """
 import torch
 
-from basicsr_unlearn.defenses.asvp import LAYOUTS, from_matrices, gram_eigh, scale_top_singular, to_matrices
+from basicsr_unlearn.attacks import ATTACK_REGISTRY
+from basicsr_unlearn.attacks.kd import KD
+from basicsr_unlearn.defenses.asvp import LAYOUTS, apply_top_scale, from_matrices, gram_eigh, to_matrices
 
 
 def estimate_k_h(s2: torch.Tensor, k_max: int = 16, min_jump: float = 1.05) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,14 +65,40 @@ def inverse_asvp(x: torch.Tensor, layout: str = 'channel_space', k: int | None =
     if layout not in LAYOUTS:
         raise ValueError(f"inverse_asvp: unknown layout '{layout}'; expected one of {', '.join(LAYOUTS)}")
     m = to_matrices(x, layout)
-    n = m.shape[0]
+    wide = m.shape[-2] <= m.shape[-1]
+    mat = m.double() if wide else m.double().transpose(-1, -2)
+    n = mat.shape[0]
+    s2, u = gram_eigh(mat)
     if k is None or h is None:
-        s2, _ = gram_eigh(m if m.shape[-2] <= m.shape[-1] else m.transpose(-1, -2))
         k_est, h_est = estimate_k_h(s2, k_max)
         if pool:
             k_est, h_est = k_est.median().expand(n), h_est.median().expand(n)
         k = k_est if k is None else torch.full((n,), k, dtype=torch.int64)
         h = h_est if h is None else torch.full((n,), float(h), dtype=torch.float64)
-    else:
-        k, h = torch.full((n,), k, dtype=torch.int64), torch.full((n,), float(h), dtype=torch.float64)
-    return from_matrices(scale_top_singular(m, k, 1 / h), x, layout)
+    out = apply_top_scale(mat, s2, u, k, 1 / torch.as_tensor(h, dtype=torch.float64))
+    return from_matrices((out if wide else out.transpose(-1, -2)).to(m.dtype), x, layout)
+
+
+@ATTACK_REGISTRY.register()
+class InverseASVPKD(KD):
+    """KD on teacher taps after :func:`inverse_asvp` (estimated k and h per matrix, or pooled).
+
+    Args:
+        layout: the layout the attacker assumes (``channel_space`` or ``channel_map``).
+        k_max: largest rank the estimator considers.
+        pool: one (k, h) for the whole batch (right against a fixed-parameter defence).
+        output_weight, feature_weight, taps, where: as in :class:`~basicsr_unlearn.attacks.kd.KD`.
+    """
+
+    def __init__(self, layout: str = 'channel_space', k_max: int = 16, pool: bool = False, output_weight: float = 1.0,
+                 feature_weight: float = 1.0, taps: list | None = None, where: str = 'distill') -> None:
+        super().__init__(output_weight, feature_weight, taps, where)
+        if layout not in LAYOUTS:
+            raise ValueError(f"{where}.layout: unknown '{layout}'; expected one of {', '.join(LAYOUTS)}")
+        if isinstance(k_max, bool) or not isinstance(k_max, int) or k_max < 1:
+            raise ValueError(f'{where}.k_max: expected an int >= 1, got {k_max!r}')
+        self.layout, self.k_max, self.pool = layout, k_max, bool(pool)
+
+    def observe(self, feat: torch.Tensor) -> torch.Tensor:
+        """The estimate of the clean tap: :func:`inverse_asvp` of the observed one."""
+        return inverse_asvp(feat, self.layout, k_max=self.k_max, pool=self.pool)
