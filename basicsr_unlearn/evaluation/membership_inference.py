@@ -4,11 +4,16 @@ The attacker sees one score per image (here the restoration loss, e.g. per-image
 loss is low, since a model fits its training pairs better than unseen ones. The AUC of that guess is 0.5 when the
 two groups are indistinguishable; a model retrained without the forgotten data is the true reference level.
 
+Besides the AUC, the true-positive rate at a low false-positive rate (1%, 10%) says whether *some* members are
+exposed with confidence, which an average such as the AUC hides (Carlini et al., LiRA, 2022).
+
 Example:
     >>> membership_auc([0.01, 0.02], [0.03, 0.04])
     1.0
     >>> membership_auc([0.1, 0.2], [0.1, 0.2])
     0.5
+    >>> tpr_at_fpr([0.01, 0.05], [0.03, 0.04], [0.0, 0.5])
+    [0.5, 0.5]
 """
 from collections.abc import Sequence
 
@@ -83,6 +88,56 @@ def best_threshold_accuracy(member_scores: Sequence[float] | np.ndarray,
     return float(balanced[best]), float(-threshold if lower_is_member else threshold)
 
 
+def tpr_at_fpr(member_scores: Sequence[float] | np.ndarray, nonmember_scores: Sequence[float] | np.ndarray,
+               fprs: Sequence[float], lower_is_member: bool = True) -> list[float]:
+    """Exact best true-positive rate of a threshold attack whose false-positive rate is at most each of ``fprs``.
+
+    The attack says "member" when the (oriented) score is at or beyond a threshold; every observed score and one
+    threshold that calls nobody a member are tried, so with N non-members the achievable FPRs are multiples of 1/N
+    (an FPR level below 1/N allows no false positive at all).
+
+    Args:
+        member_scores: per-image scores of training members, shape (M,).
+        nonmember_scores: per-image scores of held-out images, shape (N,).
+        fprs: false-positive-rate levels in [0, 1], e.g. ``[0.01, 0.1]``.
+        lower_is_member: True for losses, False for scores such as PSNR.
+
+    Returns:
+        ``max {TPR(t) : FPR(t) <= level}`` for each level, in [0, 1].
+    """
+    levels = np.asarray(fprs, dtype=np.float64)
+    if levels.ndim != 1 or ((levels < 0) | (levels > 1)).any():
+        raise ValueError(f'fprs: expected a sequence of rates in [0, 1]; got {fprs!r}')
+    members, nonmembers = _oriented(member_scores, nonmember_scores, lower_is_member)
+    candidates = np.append(np.unique(np.concatenate([members, nonmembers])), np.inf)
+    tpr = 1.0 - np.searchsorted(np.sort(members), candidates, side='left') / members.size
+    fpr = 1.0 - np.searchsorted(np.sort(nonmembers), candidates, side='left') / nonmembers.size
+    allowed = fpr[None, :] <= levels[:, None] + 1e-12
+    return [float(tpr[row].max()) for row in allowed]  # the inf threshold (FPR 0) is always allowed
+
+
+FPR_LEVELS = {'1%': 0.01, '10%': 0.1}
+
+
+def attack_summary(member_scores: Sequence[float] | np.ndarray, nonmember_scores: Sequence[float] | np.ndarray,
+                   lower_is_member: bool = True) -> dict:
+    """AUC, best balanced accuracy (and its threshold) and TPR at the :data:`FPR_LEVELS` of one attack (JSON-ready).
+
+    Returns:
+        ``{'auc', 'balanced_accuracy', 'threshold', 'tpr_at_fpr': {'1%', '10%'}, 'n_members', 'n_nonmembers'}``.
+    """
+    accuracy, threshold = best_threshold_accuracy(member_scores, nonmember_scores, lower_is_member)
+    tprs = tpr_at_fpr(member_scores, nonmember_scores, list(FPR_LEVELS.values()), lower_is_member)
+    return {
+        'auc': membership_auc(member_scores, nonmember_scores, lower_is_member),
+        'balanced_accuracy': accuracy,
+        'threshold': threshold,
+        'tpr_at_fpr': dict(zip(FPR_LEVELS, tprs)),
+        'n_members': len(member_scores),
+        'n_nonmembers': len(nonmember_scores),
+    }
+
+
 def loss_attack(member_losses: Sequence[float] | np.ndarray, nonmember_losses: Sequence[float] | np.ndarray) -> dict:
     """Loss-threshold membership attack summary (JSON-ready).
 
@@ -91,16 +146,10 @@ def loss_attack(member_losses: Sequence[float] | np.ndarray, nonmember_losses: S
         nonmember_losses: per-image losses of held-out images of the same degradation, shape (N,).
 
     Returns:
-        ``{'auc', 'balanced_accuracy', 'threshold', 'n_members', 'n_nonmembers', 'mean_member_loss',
-        'mean_nonmember_loss'}``.
+        :func:`attack_summary` plus ``'mean_member_loss'``, ``'mean_nonmember_loss'``.
     """
-    accuracy, threshold = best_threshold_accuracy(member_losses, nonmember_losses)
     return {
-        'auc': membership_auc(member_losses, nonmember_losses),
-        'balanced_accuracy': accuracy,
-        'threshold': threshold,
-        'n_members': len(member_losses),
-        'n_nonmembers': len(nonmember_losses),
+        **attack_summary(member_losses, nonmember_losses),
         'mean_member_loss': float(np.mean(member_losses)),
         'mean_nonmember_loss': float(np.mean(nonmember_losses)),
     }

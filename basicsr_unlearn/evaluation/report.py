@@ -84,6 +84,23 @@ def line_chart(path: str | os.PathLike, panels: dict[str, dict[str, Sequence[tup
     _save(fig, path)
 
 
+def roc_chart(path: str | os.PathLike, fpr: Sequence[float], curves: dict[str, Sequence[float]], title: str) -> None:
+    """ROC curves on a logarithmic FPR axis (low-FPR behaviour visible), with the chance diagonal TPR = FPR."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.plot(fpr, fpr, color='grey', linestyle=':', linewidth=1, label='chance')
+    for name, tpr in curves.items():
+        ax.step(fpr, tpr, where='post', label=name, linewidth=1)
+    ax.set_xscale('log')
+    ax.set_xlim(min(fpr), 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel('false-positive rate (log)')
+    ax.set_ylabel('true-positive rate')
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which='both')
+    ax.legend(fontsize='x-small')
+    _save(fig, path)
+
+
 def _save(fig: plt.Figure, path: str | os.PathLike) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:

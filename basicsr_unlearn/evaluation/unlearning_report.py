@@ -1,58 +1,52 @@
-"""Unlearning report: the original model, the retrained-without-X reference and each unlearned model, side by side.
+"""Unlearning report numbers: the original, the retrained-without-X reference(s) and each unlearned model (seeds).
 
-For every model: PSNR/SSIM per degradation on held-out test images; forget gap |PSNR - PSNR_reference| on the
-forgotten type; change of each retained type vs the original; average gap to the reference over all types (SalUn's
-"Avg. Gap"); a loss-based membership-inference attack on the forgotten type (members = the exact forget-train pairs,
-non-members = held-out images of the same degradation); wall time and its ratio to the reference's retraining time.
-Targets and goals of issue 5 are checked per method. Outputs: ``report.json``, ``report.md`` and PNG charts.
+For every run: PSNR/SSIM per degradation on held-out test images; PSNR and SSIM gaps |x - x_reference| per type and
+their mean over all types (SalUn's "Avg. Gap"); change of each retained type vs the original; membership inference
+on the forgotten type (members = the exact forget-train pairs, non-members = held-out images of that type), raw and
+calibrated by the reference's per-image loss; distance to the reference's outputs and the KS "forget quality"; the
+relearning attack; wall time and its ratio to the reference's retraining time. A method's figures are mean ± std
+over its seeds. Every gap is measured against the first reference; a second reference (another seed of retraining)
+gives the noise floor (its own gaps), printed beside every forget gap. Targets and goals of issue 5 are checked on
+the means.
+
+Pipeline: :func:`evaluate_models` (checkpoints -> :class:`ModelScores`), :func:`build_report` (-> JSON-ready
+numbers), then ``unlearning_markdown.write_report`` (``report.json``, ``report.md``, PNGs).
 
 Example:
-    >>> specs = [resolve_model('original', 'original', 'experiments/orig', '--original'), ...]
-    >>> scores = evaluate_models(opt, specs, forget='haze')
-    >>> report = build_report(scores, forget='haze', metric_space='RGB')
-    >>> write_report(report, 'results/unlearn', curves=training_curves(specs))
+    >>> rows = [{key: 0.0 for key in FLOOR_KEYS}, {key: 0.25 for key in FLOOR_KEYS}]  # reference A, reference B
+    >>> noise_floor(rows)['forget_gap_db']
+    0.25
 """
 import copy
-import json
-import math
-import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from basicsr.archs import build_network
 from basicsr.data import build_dataloader, build_dataset
+from basicsr.utils import tensor2img
+from torch.utils.data import DataLoader
 
+from basicsr_unlearn.checkpoint import load_checkpoint
 from basicsr_unlearn.data.degradation_names import DEGRADATIONS, check_name
+from basicsr_unlearn.evaluation.calibrated_membership import ROC_FPR, calibrated_attack
+from basicsr_unlearn.evaluation.distance_to_reference import forget_quality, output_distance
 from basicsr_unlearn.evaluation.membership_inference import loss_attack
 from basicsr_unlearn.evaluation.metrics import evaluate, summarize
-from basicsr_unlearn.evaluation.report import bar_chart, line_chart, markdown_table, scatter_chart
-from basicsr_unlearn.fileio import write_json, write_text
+from basicsr_unlearn.evaluation.model_specs import ROLES, ModelSpec, wall_time
+from basicsr_unlearn.evaluation.relearning_attack import RelearnOptions, relearn_curve, steps_to_reach
+from basicsr_unlearn.evaluation.seed_statistics import mean_std
 from basicsr_unlearn.inference import restore_image
 
 TARGETS = {'forget_gap_db': 1.0, 'retain_drop_db': 0.3, 'cost_ratio': 0.10}
 GOALS = {'forget_gap_db': 0.5, 'retain_drop_db': 0.1, 'cost_ratio': 0.05}
-ROLES = ('original', 'reference', 'method')
-CHARTS = {'psnr': 'psnr_per_degradation.png', 'tradeoff': 'forget_gap_vs_retain_change.png',
-          'curves': 'training_curves.png'}
-
-
-@dataclass
-class ModelSpec:
-    """One model of the report: its checkpoint and the ``train_log.json`` of every stage that produced it."""
-
-    name: str
-    role: str
-    checkpoint: Path
-    train_logs: list[Path] = field(default_factory=list)
-    stages: int = 1
+FLOOR_KEYS = ('forget_gap_db', 'forget_gap_ssim', 'avg_gap_db', 'avg_gap_ssim')
 
 
 @dataclass
 class ModelScores:
-    """Evaluation of one model: per-degradation held-out metrics and per-image losses for membership inference."""
+    """Evaluation of one run: held-out metrics, per-image forget-type data, distance and relearning results."""
 
     name: str
     role: str
@@ -61,65 +55,11 @@ class ModelScores:
     member_losses: list[float]
     nonmember_losses: list[float]
     wall_time_s: float | None = None
-
-
-def resolve_model(name: str, role: str, spec: str, where: str) -> ModelSpec:
-    """Turn a command-line model spec into a checkpoint and its training logs.
-
-    Args:
-        name: the model's name in the report.
-        role: ``'original'``, ``'reference'`` or ``'method'``.
-        spec: a checkpoint file (``.../models/net_g_latest.pth``) or an experiment folder (``experiments/<name>``,
-            whose ``models/net_g_latest.pth`` is used); several stages joined with ``+``
-            (``experiments/adapt+experiments/repulse``) add up their wall times and use the last stage's checkpoint.
-        where: the command-line flag, named in errors.
-
-    Returns:
-        A :class:`ModelSpec`; stages without ``train_log.json`` are left out of ``train_logs``.
-    """
-    if role not in ROLES:
-        raise ValueError(f'{where}: role must be one of {", ".join(ROLES)}; got {role!r}')
-    parts = [Path(p) for p in spec.split('+') if p]
-    if not parts:
-        raise ValueError(f'{where}: empty model spec; expected a checkpoint .pth or an experiment folder')
-    logs = []
-    for part in parts:
-        folder = part if part.is_dir() else part.parent.parent if part.parent.name == 'models' else None
-        if folder is not None and (folder / 'train_log.json').is_file():
-            logs.append(folder / 'train_log.json')
-    checkpoint = parts[-1] / 'models' / 'net_g_latest.pth' if parts[-1].is_dir() else parts[-1]
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f'{where} {name}: checkpoint {checkpoint} does not exist; expected a .pth file or an '
-                                'experiment folder holding models/net_g_latest.pth')
-    return ModelSpec(name, role, checkpoint, logs, len(parts))
-
-
-def read_train_log(path: str | os.PathLike) -> dict:
-    """Load an AllInOneModel ``train_log.json`` (``wall_time_s``, ``iter``, ``loss``, ``val``), checking its keys."""
-    log = json.loads(Path(path).read_text())
-    if not isinstance(log, dict) or not isinstance(log.get('wall_time_s'), (int, float)):
-        raise ValueError(f'{path}: expected a JSON object with a numeric "wall_time_s"; got keys '
-                         f'{sorted(log) if isinstance(log, dict) else type(log).__name__}')
-    return log
-
-
-def wall_time(spec: ModelSpec) -> float | None:
-    """Total training seconds over all stages of a model, or ``None`` when a stage has no training log."""
-    if len(spec.train_logs) != spec.stages:
-        return None
-    return float(sum(read_train_log(p)['wall_time_s'] for p in spec.train_logs))
-
-
-def load_weights(net: torch.nn.Module, checkpoint: str | os.PathLike, param_key: str | None = None) -> None:
-    """Load a BasicSR checkpoint (``{'params': ..., 'params_ema': ...}``) into ``net`` with ``weights_only=True``.
-
-    ``param_key=None`` takes ``params_ema`` when present, else ``params`` — the net ``AllInOneModel.restore`` uses.
-    """
-    state = torch.load(checkpoint, map_location='cpu', weights_only=True)
-    key = param_key or ('params_ema' if 'params_ema' in state else 'params')
-    if key not in state:
-        raise KeyError(f'{checkpoint}: no {key!r} entry (path.param_key_g); found {", ".join(state)}')
-    net.load_state_dict(state[key], strict=True)
+    forget_psnrs: list[float] = field(default_factory=list)
+    distance: dict | None = None
+    relearn_psnr: list[float] | None = None
+    seed: int = 0
+    oracle_stop: bool = False
 
 
 def _dataset_name(key: str, dataset_opt: dict) -> str:
@@ -129,8 +69,8 @@ def _dataset_name(key: str, dataset_opt: dict) -> str:
 def split_test_sets(datasets: dict, forget: str, where: str) -> tuple[list[str], str]:
     """Held-out test sets and the forget-members set among an option file's ``datasets`` block.
 
-    A set whose ``name`` ends in ``_members`` holds training pairs (membership inference only); every other set is
-    held out. The members of the forgotten type are the set named ``<forget>_members``.
+    A set whose ``name`` ends in ``_members`` holds training pairs (membership inference and the relearning attack
+    only); every other set is held out. The members of the forgotten type are the set named ``<forget>_members``.
 
     Returns:
         ``(held_out_keys, member_key)``.
@@ -147,28 +87,132 @@ def split_test_sets(datasets: dict, forget: str, where: str) -> tuple[list[str],
     return held_out, wanted[0]
 
 
-def score_model(restore: Callable[[torch.Tensor], torch.Tensor], held_out: Iterable, members: Iterable, forget: str,
-                **metric_kwargs) -> tuple[dict, list[float], list[float]]:
-    """Evaluate one model: held-out per-degradation metrics and the per-image L1 losses for membership inference.
+class _Recorder:
+    """A restore function that keeps every output as an 8-bit image (the order ``evaluate`` sees them)."""
+
+    def __init__(self, restore: Callable[[torch.Tensor], torch.Tensor]):
+        self.restore, self.images = restore, []
+
+    def __call__(self, lq: torch.Tensor) -> torch.Tensor:
+        output = self.restore(lq)
+        self.images += [tensor2img(o.detach().float().cpu().clamp(0, 1)) for o in output]
+        return output
+
+
+def score_model(restore: Callable[[torch.Tensor], torch.Tensor], held_out: Sequence[DataLoader], members: DataLoader,
+                forget: str, **metric_kwargs) -> dict:
+    """Evaluate one model: held-out per-degradation metrics and the forget type's per-image data.
 
     Args:
         restore: inference function, (B, 3, H, W) in [0, 1] -> (B, 3, H, W).
         held_out: dataloaders of the held-out test sets.
         members: dataloader of the forget-train pairs.
         forget: the forgotten degradation name.
-        metric_kwargs: ``y_channel``, ``crop_border`` of :func:`~basicsr_unlearn.evaluation.metrics.evaluate`.
+        metric_kwargs: ``y_channel``, ``crop_border``, ``source`` of
+            :func:`~basicsr_unlearn.evaluation.metrics.evaluate`.
 
     Returns:
-        ``(per_degradation, member_losses, nonmember_losses)``; ``per_degradation`` as in ``evaluate``.
+        ``{'per_degradation', 'member_losses', 'nonmember_losses', 'forget_psnrs', 'forget_outputs' (uint8 HWC),
+        'forget_sets' (indices into held_out of the sets holding forget images)}``.
     """
-    per_image = [row for loader in held_out for row in evaluate(restore, loader, **metric_kwargs)['per_image']]
+    per_image, outputs, forget_sets = [], [], []
+    for index, loader in enumerate(held_out):
+        recorder = _Recorder(restore)
+        rows = evaluate(recorder, loader, **metric_kwargs)['per_image']
+        picked = [(row, image) for row, image in zip(rows, recorder.images) if row['de_name'] == forget]
+        forget_sets += [index] if picked else []
+        outputs += [image for _, image in picked]
+        per_image += rows
     per_degradation = summarize(per_image)
     if forget not in per_degradation:
         raise ValueError(f'held-out test sets contain no {forget!r} images (found {", ".join(per_degradation)}); '
                          'the forget gap needs them')
-    member_losses = [row['l1'] for row in evaluate(restore, members, **metric_kwargs)['per_image']]
-    nonmember_losses = [row['l1'] for row in per_image if row['de_name'] == forget]
-    return per_degradation, member_losses, nonmember_losses
+    forget_rows = [row for row in per_image if row['de_name'] == forget]
+    return {'per_degradation': per_degradation,
+            'member_losses': [row['l1'] for row in evaluate(restore, members, **metric_kwargs)['per_image']],
+            'nonmember_losses': [row['l1'] for row in forget_rows],
+            'forget_psnrs': [row['psnr'] for row in forget_rows],
+            'forget_outputs': outputs, 'forget_sets': forget_sets}
+
+
+def relearn_pairs(dataset: object, count: int, where: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``count`` ``(lq, gt)`` pairs of the forget-members set, the relearning attacker's data."""
+    if len(dataset) < count:
+        raise ValueError(f'{where}: the relearning attack needs {count} pairs but the members set holds '
+                         f'{len(dataset)}; lower relearn.pairs')
+    return [(dataset[i]['lq'].float(), dataset[i]['gt'].float()) for i in range(count)]
+
+
+def evaluate_models(opt: dict, specs: Iterable[ModelSpec], forget: str, y_channel: bool = False,
+                    crop_border: int = 0, where: str = '--opt', relearn: RelearnOptions | None = None,
+                    progress: Callable[[list[ModelSpec]], Iterable[ModelSpec]] = iter) -> list[ModelScores]:
+    """Build the network once and the test sets from ``opt['datasets']``, then score every run.
+
+    The first reference is scored first: its outputs on the forgotten type are what every other model's outputs
+    are compared with.
+
+    Args:
+        opt: merged BasicSR options with ``network_g`` and ``datasets`` (``test_*`` sets incl. ``<forget>_members``).
+        specs: the runs to score (see :func:`~basicsr_unlearn.evaluation.model_specs.resolve_model`).
+        forget: the forgotten degradation name.
+        y_channel: PSNR/SSIM on the Y channel instead of RGB.
+        crop_border: pixels cropped from each border before the metrics.
+        where: the option file, named in errors.
+        relearn: settings of the relearning attack, run on every model; ``None`` skips it.
+        progress: wraps the list of runs while they are scored (e.g. a tqdm bar in a tool).
+
+    Returns:
+        One :class:`ModelScores` per spec, in the order of ``specs``.
+    """
+    for key in ('network_g', 'datasets'):
+        if key not in opt:
+            raise KeyError(f'{where}: missing {key!r} block')
+    specs = list(specs)
+    references = [s for s in specs if s.role == 'reference']
+    if not references:
+        raise ValueError('evaluate_models: needs a reference model (retrained without the forgotten type)')
+    held_keys, member_key = split_test_sets(opt['datasets'], forget, f'{where}: datasets')
+    loaders = {}
+    for key, dataset_opt in opt['datasets'].items():
+        dataset_opt = {**copy.deepcopy(dataset_opt), 'phase': 'test', 'scale': opt.get('scale', 1)}
+        loaders[key] = build_dataloader(build_dataset(dataset_opt), dataset_opt, num_gpu=0, dist=False)
+    held_out = [loaders[k] for k in held_keys]
+    net = build_network(copy.deepcopy(opt['network_g'])).eval()
+    multiple = int(getattr(net, 'pad_multiple', None) or (opt.get('val') or {}).get('pad_multiple', 8))
+    tile = (opt.get('val') or {}).get('tile')
+    metric_kwargs = {'y_channel': y_channel, 'crop_border': crop_border}
+    param_key = (opt.get('path') or {}).get('param_key_g') or 'params_ema'  # falls back to params, as restore does
+    pairs = None if relearn is None else relearn_pairs(loaders[member_key].dataset, relearn.pairs,
+                                                       f'{where}: datasets.{member_key}')
+
+    def restorer(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda lq: restore_image(model, lq, multiple, tile)
+
+    results, reference_outputs = {}, None
+    for spec in progress([references[0], *[s for s in specs if s is not references[0]]]):
+        load_checkpoint(net, spec.checkpoint, param_key, where=f'--{spec.role} {spec.name}')
+        result = score_model(restorer(net), held_out, loaders[member_key], forget, source=f'model {spec.name}',
+                             **metric_kwargs)
+        if reference_outputs is None:
+            reference_outputs = result['forget_outputs']
+            distance = None
+        else:
+            distance = output_distance(result['forget_outputs'], reference_outputs, crop_border, y_channel)
+        curve = None
+        if relearn is not None:
+            forget_loaders = [held_out[i] for i in result['forget_sets']]
+
+            def forget_psnr(model: torch.nn.Module, loaders: list[DataLoader] = forget_loaders) -> float:
+                rows = [row for loader in loaders for row in evaluate(restorer(model), loader, **metric_kwargs)[
+                    'per_image'] if row['de_name'] == forget]
+                return float(np.mean([row['psnr'] for row in rows]))
+
+            curve = relearn_curve(net, pairs, forget_psnr, relearn, multiple)
+        results[id(spec)] = ModelScores(
+            spec.name, spec.role, str(spec.checkpoint), result['per_degradation'], result['member_losses'],
+            result['nonmember_losses'], wall_time(spec), result['forget_psnrs'], distance, curve, spec.seed,
+            spec.oracle_stop)
+    return [results[id(spec)] for spec in specs]
 
 
 def _checks(forget_gap: float, retain_change: dict[str, float], cost_ratio: float | None, limits: dict) -> list[str]:
@@ -185,225 +229,117 @@ def _checks(forget_gap: float, retain_change: dict[str, float], cost_ratio: floa
     return failed
 
 
-def build_report(scores: list[ModelScores], forget: str, metric_space: str) -> dict:
-    """Compute gaps, changes, membership inference, cost and target checks (JSON-ready).
+def _run_entry(s: ModelScores, original: ModelScores, reference: ModelScores, calibrator: ModelScores | None,
+               degradations: list[str], forget: str, relearn_steps: Sequence[int]) -> dict:
+    """Every figure of one run (JSON-ready), measured against ``reference`` and ``original``."""
+    def metric(scores: ModelScores, key: str) -> dict[str, float]:
+        return {d: scores.per_degradation[d][key] for d in degradations}
+
+    psnr, ssim = metric(s, 'psnr'), metric(s, 'ssim')
+    ref_psnr, ref_ssim, orig_psnr, orig_ssim = (metric(reference, 'psnr'), metric(reference, 'ssim'),
+                                                metric(original, 'psnr'), metric(original, 'ssim'))
+    retained = [d for d in degradations if d != forget]
+    gap_db = {d: abs(psnr[d] - ref_psnr[d]) for d in degradations}
+    gap_ssim = {d: abs(ssim[d] - ref_ssim[d]) for d in degradations}
+    entry = {
+        'psnr': psnr, 'ssim': ssim, 'count': {d: s.per_degradation[d]['count'] for d in degradations},
+        'gap_db': gap_db, 'gap_ssim': gap_ssim, 'forget_gap_db': gap_db[forget], 'forget_gap_ssim': gap_ssim[forget],
+        'retain_change_db': {d: psnr[d] - orig_psnr[d] for d in retained},
+        'retain_change_ssim': {d: ssim[d] - orig_ssim[d] for d in retained},
+        'avg_gap_db': float(np.mean(list(gap_db.values()))), 'avg_gap_ssim': float(np.mean(list(gap_ssim.values()))),
+        'mia': loss_attack(s.member_losses, s.nonmember_losses),
+        'mia_calibrated': None if calibrator is None else calibrated_attack(
+            s.member_losses, s.nonmember_losses, calibrator.member_losses, calibrator.nonmember_losses),
+        'distance': None if s.distance is None else {k: s.distance[k] for k in ('l1', 'psnr_db')},
+        'forget_quality': None if s is reference else forget_quality(s.forget_psnrs, reference.forget_psnrs),
+        'relearn': None,
+        'wall_time_s': s.wall_time_s,
+        'cost_ratio': (s.wall_time_s / reference.wall_time_s
+                       if s.wall_time_s is not None and reference.wall_time_s else None),
+        'per_image': {'forget_psnr': s.forget_psnrs, 'member_l1': s.member_losses, 'nonmember_l1': s.nonmember_losses,
+                      **({} if s.distance is None else {'l1_to_reference': s.distance['per_image_l1'],
+                                                        'psnr_to_reference_db': s.distance['per_image_psnr_db']})},
+    }
+    entry['worst_retain_change_db'] = min(entry['retain_change_db'].values(), default=0.0)
+    if s.relearn_psnr is not None and reference.relearn_psnr is not None:
+        curve = [psnr[forget], *s.relearn_psnr]  # step 0 = the model as it is
+        steps = steps_to_reach([0, *relearn_steps], curve, orig_psnr[forget])
+        entry['relearn'] = {'psnr': curve, 'steps_to_original': steps, 'reached': float(steps is not None),
+                            'excess_db': max(p - r for p, r in zip(s.relearn_psnr, reference.relearn_psnr))}
+    return entry
+
+
+def _aggregate(name: str, role: str, runs: list[ModelScores], entries: list[dict]) -> dict:
+    """One report row: mean figures at the run keys, ``std`` beside them, and every run under ``seeds``."""
+    mean, std = mean_std([{k: v for k, v in e.items() if k != 'per_image'} for e in entries])
+    return {'name': name, 'role': role, 'n_seeds': len(runs), 'checkpoints': [r.checkpoint for r in runs],
+            'oracle_stop': any(r.oracle_stop for r in runs), **mean, 'std': std,
+            'seeds': [{'checkpoint': r.checkpoint, **e} for r, e in zip(runs, entries)]}
+
+
+def noise_floor(reference_rows: list[dict]) -> dict | None:
+    """Gaps of the extra references to the first one (mean over them): the level of "indistinguishable from
+    retraining" (``FLOOR_KEYS`` and, with the relearning attack, ``relearn_excess_db``); ``None`` with one reference.
+    """
+    extra = reference_rows[1:]
+    if not extra:
+        return None
+    floor = {key: float(np.mean([row[key] for row in extra])) for key in FLOOR_KEYS}
+    if all(row.get('relearn') for row in extra):
+        floor['relearn_excess_db'] = float(np.mean([row['relearn']['excess_db'] for row in extra]))
+    return floor
+
+
+def build_report(scores: list[ModelScores], forget: str, metric_space: str,
+                 relearn: RelearnOptions | None = None) -> dict:
+    """Compute every figure per run, aggregate seeds, the noise floor and the target checks (JSON-ready).
 
     Args:
-        scores: exactly one ``original``, one ``reference`` and any number of ``method`` entries.
+        scores: exactly one ``original`` run, one or more ``reference`` runs (distinct names; the first is the
+            yardstick, the others give the noise floor) and any number of ``method`` runs (a name repeated = seeds).
         forget: the forgotten degradation.
         metric_space: ``'RGB'`` or ``'Y'``; stored with every number.
+        relearn: the relearning attack's settings when ``scores`` carry recovery curves.
 
     Returns:
-        ``{'forget', 'metric_space', 'degradations', 'retained', 'targets', 'goals', 'models': [...],
-        'headline_md'}``; each model entry has ``psnr``/``ssim`` per degradation, ``forget_gap_db``,
-        ``retain_change_db``, ``worst_retain_change_db``, ``avg_gap_db``, ``mia``, ``wall_time_s``, ``cost_ratio``,
-        and for methods ``meets`` (``'goal'``, ``'target'`` or ``'no'``) with ``missed_target``/``missed_goal``.
+        ``{'forget', 'metric_space', 'degradations', 'retained', 'targets', 'goals', 'reference', 'noise_floor',
+        'relearn', 'roc_fpr', 'models': [...]}``; each model row holds the mean of every figure of
+        :func:`_run_entry` at its key (``psnr``, ``forget_gap_db``, ``mia``, ``mia_calibrated``, ``distance``,
+        ``forget_quality``, ``relearn``, ...), ``std`` (same shape), ``seeds`` (every run), ``n_seeds``,
+        ``oracle_stop``, and for methods ``meets`` (``'goal'``, ``'target'`` or ``'no'``) with
+        ``missed_target``/``missed_goal`` and ``within_noise_floor``.
     """
     check_name(forget, '--forget')
     by_role = {role: [s for s in scores if s.role == role] for role in ROLES}
-    if len(by_role['original']) != 1 or len(by_role['reference']) != 1:
-        raise ValueError('build_report: needs exactly one original and one reference model; got '
-                         f'{len(by_role["original"])} and {len(by_role["reference"])}')
-    original, reference = by_role['original'][0], by_role['reference'][0]
+    ref_names = [s.name for s in by_role['reference']]
+    if len(by_role['original']) != 1 or not ref_names or len(set(ref_names)) != len(ref_names):
+        raise ValueError('build_report: needs exactly one original and one or more references of distinct names; '
+                         f'got {len(by_role["original"])} original(s) and references {ref_names}')
+    original, references = by_role['original'][0], by_role['reference']
     degradations = sorted(set().union(*(s.per_degradation for s in scores)), key=lambda d: DEGRADATIONS.get(d, 99))
     missing = [(s.name, d) for s in scores for d in degradations if d not in s.per_degradation]
     if missing or forget not in degradations:
         raise ValueError(f'build_report: every model needs every degradation incl. {forget!r}; missing {missing}')
-    retained = [d for d in degradations if d != forget]
-    psnr = {s.name: {d: s.per_degradation[d]['psnr'] for d in degradations} for s in scores}
-    ref_time = reference.wall_time_s
+    steps = list(relearn.steps) if relearn is not None else []
+    groups: dict[tuple[str, str], list[ModelScores]] = {}
+    for s in [original, *references, *by_role['method']]:
+        groups.setdefault((s.role, s.name), []).append(s)
     models = []
-    for s in scores:
-        entry = {
-            'name': s.name, 'role': s.role, 'checkpoint': s.checkpoint, 'psnr': psnr[s.name],
-            'ssim': {d: s.per_degradation[d]['ssim'] for d in degradations},
-            'count': {d: s.per_degradation[d]['count'] for d in degradations},
-            'forget_gap_db': abs(psnr[s.name][forget] - psnr[reference.name][forget]),
-            'retain_change_db': {d: psnr[s.name][d] - psnr[original.name][d] for d in retained},
-            'avg_gap_db': float(np.mean([abs(psnr[s.name][d] - psnr[reference.name][d]) for d in degradations])),
-            'mia': loss_attack(s.member_losses, s.nonmember_losses),
-            'wall_time_s': s.wall_time_s,
-            'cost_ratio': s.wall_time_s / ref_time if s.wall_time_s is not None and ref_time else None,
-        }
-        entry['worst_retain_change_db'] = min(entry['retain_change_db'].values(), default=0.0)
-        if s.role == 'method':
-            entry['missed_target'] = _checks(entry['forget_gap_db'], entry['retain_change_db'], entry['cost_ratio'],
-                                             TARGETS)
-            entry['missed_goal'] = _checks(entry['forget_gap_db'], entry['retain_change_db'], entry['cost_ratio'],
-                                           GOALS)
-            entry['meets'] = 'goal' if not entry['missed_goal'] else 'target' if not entry['missed_target'] else 'no'
-        models.append(entry)
-    report = {'forget': forget, 'metric_space': metric_space, 'degradations': degradations, 'retained': retained,
-              'targets': TARGETS, 'goals': GOALS, 'models': models}
-    report['headline_md'] = main_table(report)
+    for (role, name), runs in groups.items():
+        calibrator = references[0] if role != 'reference' else next((r for r in references if r.name != name), None)
+        entries = [_run_entry(s, original, references[0], calibrator, degradations, forget, steps) for s in runs]
+        models.append(_aggregate(name, role, runs, entries))
+    floor = noise_floor([m for m in models if m['role'] == 'reference'])
+    for row in models:
+        if row['role'] == 'method':
+            row['missed_target'] = _checks(row['forget_gap_db'], row['retain_change_db'], row['cost_ratio'], TARGETS)
+            row['missed_goal'] = _checks(row['forget_gap_db'], row['retain_change_db'], row['cost_ratio'], GOALS)
+            row['meets'] = 'goal' if not row['missed_goal'] else 'target' if not row['missed_target'] else 'no'
+            row['within_noise_floor'] = None if floor is None else row['forget_gap_db'] <= floor['forget_gap_db']
+    report = {'forget': forget, 'metric_space': metric_space, 'degradations': degradations,
+              'retained': [d for d in degradations if d != forget], 'targets': TARGETS, 'goals': GOALS,
+              'reference': references[0].name, 'noise_floor': floor,
+              'relearn': None if relearn is None else {**vars(relearn), 'steps': steps, 'curve_steps': [0, *steps],
+                                                       'target_db': original.per_degradation[forget]['psnr']},
+              'roc_fpr': list(ROC_FPR), 'models': models}
     return report
-
-
-def _fmt_seconds(seconds: float | None) -> str:
-    return '–' if seconds is None else f'{seconds:.0f}'
-
-
-def _verdict(entry: dict) -> str:
-    if 'meets' not in entry:
-        return '–'
-    if entry['meets'] == 'no':
-        return 'no: ' + '; '.join(entry['missed_target'])
-    return entry['meets']
-
-
-def main_table(report: dict) -> str:
-    """The headline markdown table: PSNR per degradation, gaps, MIA AUC, cost and the target verdict."""
-    forget, space = report['forget'], report['metric_space']
-    header = ['model', *[f'{d} (forgotten)' if d == forget else d for d in report['degradations']],
-              'forget gap', 'worst retained Δ', 'avg gap', 'MIA AUC', 'time (s)', 'cost vs retrain', 'meets']
-    rows = []
-    for m in report['models']:
-        cost = '–' if m['cost_ratio'] is None else f'{m["cost_ratio"]:.1%}'
-        rows.append([m['name'] if m['role'] in ('method', m['name']) else f'{m["name"]} ({m["role"]})',
-                     *[m['psnr'][d] for d in report['degradations']], m['forget_gap_db'],
-                     m['worst_retain_change_db'], m['avg_gap_db'], f'{m["mia"]["auc"]:.3f}',
-                     _fmt_seconds(m['wall_time_s']), cost, _verdict(m)])
-    caption = (f'PSNR in dB on {space}, held-out test images; forget gap = |PSNR − PSNR_reference| on {forget}; '
-               'worst retained Δ = lowest PSNR change vs the original over the retained types; avg gap = mean '
-               '|PSNR − PSNR_reference| over all types; MIA AUC on the per-image L1 of forget-train vs held-out '
-               f'{forget} images (0.5 = no signal).\n\n')
-    return caption + markdown_table(header, rows)
-
-
-def plateau_gain(log: dict, tail: float = 0.25) -> float | None:
-    """Mean validation-PSNR gain (dB) over the last ``tail`` of training; near 0 means the run reached a plateau."""
-    val = log.get('val') or []
-    if len(val) < 2:
-        return None
-    last_iter = val[-1][0]
-    start = next(entry for entry in val if entry[0] >= last_iter * (1 - tail))
-    if start is val[-1]:
-        start = val[-2]
-    gains = [val[-1][1][d]['psnr'] - start[1][d]['psnr'] for d in val[-1][1] if d in start[1]]
-    return float(np.mean(gains)) if gains else None
-
-
-def training_curves(specs: list[ModelSpec]) -> dict[str, dict]:
-    """Training loss and validation PSNR curves of the original and the reference, from their ``train_log.json``.
-
-    Returns:
-        ``{model name: train_log dict}`` for the original and reference specs that have a log.
-    """
-    return {s.name: read_train_log(s.train_logs[-1]) for s in specs
-            if s.role in ('original', 'reference') and s.train_logs}
-
-
-def _curve_panels(curves: dict[str, dict]) -> dict[str, dict[str, list[tuple[float, float]]]]:
-    panels = {'training loss': {name: [tuple(p) for p in log.get('loss', [])] for name, log in curves.items()}}
-    for name, log in curves.items():
-        for it, per_de in log.get('val', []):
-            for de_name, metrics in per_de.items():
-                panels.setdefault(f'val PSNR {de_name} (dB)', {}).setdefault(name, []).append((it, metrics['psnr']))
-    return panels
-
-
-def render_markdown(report: dict, curves: dict[str, dict]) -> str:
-    """The full ``report.md``: setup, SSIM, membership inference, plateau check, then the main table and charts."""
-    forget, space, degs = report['forget'], report['metric_space'], report['degradations']
-    models = report['models']
-    reference = next(m for m in models if m['role'] == 'reference')
-    lines = [f'# Unlearning report: forgetting {forget}\n',
-             f'Metrics on {space} (PSNR dB / SSIM), held-out test images; counts per degradation: '
-             + ', '.join(f'{d} {models[0]["count"][d]}' for d in degs) + '.',
-             f'Targets (issue 5): forget gap ≤ {TARGETS["forget_gap_db"]} dB, every retained type at most '
-             f'{TARGETS["retain_drop_db"]} dB below the original, cost ≤ {TARGETS["cost_ratio"]:.0%} of retraining; '
-             f'goals {GOALS["forget_gap_db"]} dB / {GOALS["retain_drop_db"]} dB / {GOALS["cost_ratio"]:.0%}.\n',
-             f'## SSIM per degradation ({space})\n',
-             markdown_table(['model', *degs], [[m['name'], *[m['ssim'][d] for d in degs]] for m in models], '.4f'),
-             f'## Membership inference on {forget}\n',
-             f'Loss-threshold attack, score = per-image L1 ({space} pixels in [0, 1]); members = forget-train pairs, '
-             f'non-members = held-out {forget} test images. The retrained reference (AUC '
-             f'{reference["mia"]["auc"]:.3f}) is the true no-membership level; balanced accuracy at the best '
-             'threshold.\n',
-             markdown_table(['model', 'AUC', 'balanced acc.', 'mean L1 members', 'mean L1 non-members', 'n'],
-                            [[m['name'], m['mia']['auc'], m['mia']['balanced_accuracy'], m['mia']['mean_member_loss'],
-                              m['mia']['mean_nonmember_loss'], f'{m["mia"]["n_members"]}/{m["mia"]["n_nonmembers"]}']
-                             for m in models], '.4f')]
-    if curves:
-        lines += ['## Training curves (fair comparison needs a plateau)\n',
-                  'Mean validation-PSNR gain over the last quarter of training (≈ 0 dB = plateau): '
-                  + ', '.join(f'{name} {_fmt_gain(plateau_gain(log))}' for name, log in curves.items()) + '.\n',
-                  f'![training curves]({CHARTS["curves"]})\n']
-    lines += ['## Results\n', report['headline_md'],
-              f'![PSNR per degradation]({CHARTS["psnr"]}) ![forget gap vs retained change]({CHARTS["tradeoff"]})\n']
-    return '\n'.join(lines)
-
-
-def _fmt_gain(gain: float | None) -> str:
-    return 'n/a' if gain is None else f'{gain:+.2f} dB'
-
-
-def write_report(report: dict, out: str | os.PathLike, curves: dict[str, dict]) -> Path:
-    """Write ``report.json``, ``report.md`` and the PNG charts into ``out``; returns the markdown path."""
-    out = Path(out)
-    space, models = report['metric_space'], report['models']
-    bar_chart(out / CHARTS['psnr'], {m['name']: m['psnr'] for m in models}, f'PSNR (dB, {space})',
-              'Held-out PSNR per degradation')
-    scatter_chart(out / CHARTS['tradeoff'],
-                  [{'x': m['forget_gap_db'], 'y': m['worst_retain_change_db'], 'label': m['name'], 'group': m['role']}
-                   for m in models],
-                  f'forget gap |PSNR − PSNR_ref| on {report["forget"]} (dB, {space})',
-                  'worst retained PSNR change vs original (dB)', 'Forgetting vs retention (best: bottom-left to 0, 0)')
-    if curves:
-        line_chart(out / CHARTS['curves'], _curve_panels(curves), 'iteration', 'Original vs retrained reference')
-        report = {**report, 'plateau_gain_db': {name: plateau_gain(log) for name, log in curves.items()}}
-    write_json(out / 'report.json', _finite(report))
-    md_path = out / 'report.md'
-    write_text(md_path, render_markdown(report, curves))
-    return md_path
-
-
-def _finite(obj: object) -> object:
-    """Replace NaN/inf by None so the JSON stays standard."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def evaluate_models(opt: dict, specs: Iterable[ModelSpec], forget: str, y_channel: bool = False,
-                    crop_border: int = 0, where: str = '--opt') -> list[ModelScores]:
-    """Build the network once and the test sets from ``opt['datasets']``, then score every checkpoint.
-
-    Args:
-        opt: merged BasicSR options with ``network_g`` and ``datasets`` (``test_*`` sets incl. ``<forget>_members``).
-        specs: the models to score (see :func:`resolve_model`).
-        forget: the forgotten degradation name.
-        y_channel: PSNR/SSIM on the Y channel instead of RGB.
-        crop_border: pixels cropped from each border before the metrics.
-        where: the option file, named in errors.
-    """
-    for key in ('network_g', 'datasets'):
-        if key not in opt:
-            raise KeyError(f'{where}: missing {key!r} block')
-    held_keys, member_key = split_test_sets(opt['datasets'], forget, f'{where}: datasets')
-    loaders = {}
-    for key, dataset_opt in opt['datasets'].items():
-        dataset_opt = {**copy.deepcopy(dataset_opt), 'phase': 'test', 'scale': opt.get('scale', 1)}
-        loaders[key] = build_dataloader(build_dataset(dataset_opt), dataset_opt, num_gpu=0, dist=False)
-    net = build_network(copy.deepcopy(opt['network_g'])).eval()
-    multiple = int(getattr(net, 'pad_multiple', None) or (opt.get('val') or {}).get('pad_multiple', 8))
-
-    tile = (opt.get('val') or {}).get('tile')
-
-    def restore(lq: torch.Tensor) -> torch.Tensor:
-        return restore_image(net, lq, multiple, tile)
-
-    param_key = (opt.get('path') or {}).get('param_key_g')
-    scores = []
-    for spec in specs:
-        load_weights(net, spec.checkpoint, param_key)
-        per_de, member_losses, nonmember_losses = score_model(
-            restore, [loaders[k] for k in held_keys], loaders[member_key], forget, y_channel=y_channel,
-            crop_border=crop_border)
-        scores.append(ModelScores(spec.name, spec.role, str(spec.checkpoint), per_de, member_losses,
-                                  nonmember_losses, wall_time(spec)))
-    return scores
