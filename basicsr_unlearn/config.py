@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 from mmengine.config import Config, DictAction
 
+from basicsr_unlearn import experiment_lock
 from basicsr_unlearn.fileio import write_text
 
 
@@ -46,6 +47,81 @@ def check_keys(block: dict, allowed: Iterable[str], where: str) -> None:
             raise ValueError(f"{where}: unknown key '{key}'; expected one of {', '.join(allowed)}{hint}")
 
 
+def _expected(integer: bool, minimum: float | None, above: float | None, below: float | None,
+              maximum: float | None) -> str:
+    bounds = [f'>= {minimum}' if minimum is not None else '', f'> {above}' if above is not None else '',
+              f'< {below}' if below is not None else '', f'<= {maximum}' if maximum is not None else '']
+    return ' '.join(['an integer' if integer else 'a number', *(b for b in bounds if b)])
+
+
+def check_number(value: object, where: str, *, minimum: float | None = None, above: float | None = None,
+                 below: float | None = None, maximum: float | None = None, integer: bool = False,
+                 optional: bool = False, hint: str = '') -> float | int | None:
+    """Return ``value`` if it is a number (an integer, or an integral float, with ``integer``) within the bounds.
+
+    Raises ``ValueError`` naming the option path ``where`` and the expected form; a numeric string (YAML reads
+    ``2e-4`` as one) gets the ``!!float`` hint.
+
+    Example:
+        >>> check_number('2e-4', 'train.optim_g.lr', above=0)
+        Traceback (most recent call last):
+        ValueError: train.optim_g.lr: expected a number > 0, got '2e-4' (a string: write !!float 2e-4)
+    """
+    if value is None and optional:
+        return None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and integer and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    in_range = number and (not integer or isinstance(value, int)) and value == value and all((
+        minimum is None or value >= minimum, above is None or value > above,
+        below is None or value < below, maximum is None or value <= maximum))
+    if in_range:
+        return value
+    extra = f' {hint}' if hint else ''
+    if isinstance(value, str):
+        try:
+            float(value)
+            extra += f' (a string: write !!float {value})'
+        except ValueError:
+            pass
+    raise ValueError(f'{where}: expected {_expected(integer, minimum, above, below, maximum)}{extra}, got {value!r}')
+
+
+def check_list(value: object, where: str, **bounds: float | bool) -> list:
+    """Return ``value`` if it is a non-empty list of numbers, each passing :func:`check_number` with ``bounds``."""
+    if not isinstance(value, (list, tuple)) or not value:
+        kind = 'integers' if bounds.get('integer') else 'numbers'
+        raise ValueError(f'{where}: expected a non-empty list of {kind}, got {value!r}')
+    return [check_number(v, f'{where}[{i}]', **bounds) for i, v in enumerate(value)]
+
+
+def check_choice(value: object, choices: tuple, where: str) -> object:
+    """Return ``value`` if it is one of ``choices``; else ``ValueError`` naming ``where`` and the choices."""
+    if any(value is c or (type(value) is type(c) and value == c) for c in choices):
+        return value
+    shown = ', '.join('~' if c is None else str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
+    raise ValueError(f'{where}: unknown {value!r}; expected one of {shown}')
+
+
+def check_yaml(path: str, where: str = '-opt') -> None:
+    """Parse ``path`` and its ``_base_`` files; a syntax error or a missing base names the file and the line."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{where}: option file not found: {path}')
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        mark = getattr(err, 'problem_mark', None) or getattr(err, 'context_mark', None)
+        at = f':{mark.line + 1}:{mark.column + 1}' if mark is not None else ''
+        problem = getattr(err, 'problem', None) or str(err).splitlines()[0]
+        raise ValueError(f'{path}{at}: YAML syntax error: {problem}') from err
+    if not isinstance(data, dict):
+        raise ValueError(f'{path}: expected a mapping of options at the top level, got {type(data).__name__}')
+    bases = data.get('_base_') or []
+    for base in [bases] if isinstance(bases, str) else bases:
+        check_yaml(osp.join(osp.dirname(path), base), f'{path}: _base_')
+
+
 def load_options(path: str, cfg_options: dict[str, Any] | None = None) -> dict:
     """Read an option YAML with ``_base_`` inheritance resolved and ``cfg_options`` (``{'a.b': v}``) merged in.
 
@@ -56,8 +132,7 @@ def load_options(path: str, cfg_options: dict[str, Any] | None = None) -> dict:
     Returns:
         The merged options as plain nested dicts (base keys first, in file order).
     """
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'-opt: option file not found: {path}')
+    check_yaml(path)
     cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
@@ -73,37 +148,47 @@ def _registered(registry: Any) -> str:
     return ', '.join(sorted(registry._obj_map))
 
 
-def validate_options(opt: dict, where: str = 'options') -> None:
-    """Fail fast on names BasicSR would only reject deep inside a run.
+def validate_options(opt: dict, where: str = 'options', is_train: bool = True) -> None:
+    """Check every option the plugin or BasicSR reads, before any folder is created (the launchers call it).
 
-    Checks ``model_type`` and ``network_*.type`` against the registries (listing the registered names), runs the
-    model class's ``check_options(opt)`` if it has one, checks the ``datasets.*.type`` names (and runs a dataset
-    class's ``check_options(block, where)``), and that
-    ``path.pretrain_network_*`` files exist.
+    In order: ``model_type`` and ``network_*.type`` against the registries (listing the registered names); BasicSR's
+    own blocks (top level, ``train``, ``val``, ``logger``, ``path`` with its checkpoints: see
+    :mod:`basicsr_unlearn.basicsr_options`); every ``datasets`` entry (type, loader keys, files, and the dataset
+    class's ``check_options(block, where)``); the model class's ``check_options(opt)``. Errors name the option path
+    and the expected form, prefixed by ``where`` (the option file) when BasicSR's wording lacks it.
+
+    Args:
+        opt: merged options (:func:`load_options`), before BasicSR's ``parse_options``.
+        where: the option file, for messages.
+        is_train: training (``tools/train.py``) or test options.
     """
     from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY
+
+    from basicsr_unlearn.basicsr_options import check_basicsr_options, check_dataset
 
     model_type = opt.get('model_type')
     if model_type not in MODEL_REGISTRY._obj_map:
         raise ValueError(f"{where}: model_type: unknown '{model_type}'; expected one of {_registered(MODEL_REGISTRY)}")
-    check = getattr(MODEL_REGISTRY.get(model_type), 'check_options', None)
-    if check is not None:  # plugin models check their own option blocks (see AllInOneModel.check_options)
-        check(opt)
     for key, block in opt.items():
-        if key.startswith('network_') and isinstance(block, dict):
-            if block.get('type') not in ARCH_REGISTRY._obj_map:
-                raise ValueError(f"{where}: {key}.type: unknown '{block.get('type')}'; "
+        if key.startswith('network_'):
+            found = block.get('type') if isinstance(block, dict) else block
+            if found not in ARCH_REGISTRY._obj_map:
+                raise ValueError(f"{where}: {key}.type: unknown '{found}'; "
                                  f'expected one of {_registered(ARCH_REGISTRY)}')
-    for phase, block in (opt.get('datasets') or {}).items():
-        if block.get('type') not in DATASET_REGISTRY._obj_map:
-            raise ValueError(f"{where}: datasets.{phase}.type: unknown '{block.get('type')}'; "
+    model_cls = MODEL_REGISTRY.get(model_type)
+    check_basicsr_options(opt, model_cls, is_train)
+    for phase, block in opt['datasets'].items():
+        found = block.get('type') if isinstance(block, dict) else block
+        if found not in DATASET_REGISTRY._obj_map:
+            raise ValueError(f"{where}: datasets.{phase}.type: unknown '{found}'; "
                              f'expected one of {_registered(DATASET_REGISTRY)}')
+        check_dataset(block, phase, is_train)
         check = getattr(DATASET_REGISTRY.get(block['type']), 'check_options', None)
-        if check is not None:  # plugin datasets check their sources and names without reading files
-            check(block, f'datasets.{phase}')
-    for key, value in (opt.get('path') or {}).items():
-        if key.startswith('pretrain_network_') and value is not None and not osp.isfile(osp.expanduser(value)):
-            raise FileNotFoundError(f'{where}: path.{key}: file not found: {value}')
+        if check is not None:  # plugin datasets check their sources, names and files
+            check({**block, 'phase': phase.split('_')[0]}, f'datasets.{phase}')
+    check = getattr(model_cls, 'check_options', None)
+    if check is not None:  # plugin models check their own option blocks (see AllInOneModel.check_options)
+        check({**opt, 'is_train': is_train})
 
 
 def inprocess_options(opt: dict, root: str, is_train: bool = True, **path: str | None) -> dict:
@@ -162,12 +247,14 @@ def parse_options(root_path: str, is_train: bool = True) -> tuple[dict, argparse
 
     ``args.opt`` of the result points at a temporary copy of the merged YAML (same file name), which BasicSR's
     ``copy_opt_file`` saves into the experiment folder; ``args.source_opt`` is the YAML given on the command line.
+    Rank 0 then holds the experiment (or results) folder's lock (:mod:`basicsr_unlearn.experiment_lock`) for the
+    rest of the process: a second run of the same ``name`` is refused while this one lives.
     """
     from basicsr.utils.options import parse_options as basicsr_parse_options
 
     args = build_parser().parse_args(rewrite_local_rank(sys.argv[1:]))
     opt = load_options(args.opt, args.cfg_options)
-    validate_options(opt, where=args.opt)
+    validate_options(opt, where=args.opt, is_train=is_train)
     merged_dir = tempfile.mkdtemp(prefix='basicsr_unlearn_opt_')
     atexit.register(shutil.rmtree, merged_dir, True)
     merged_path = osp.join(merged_dir, osp.basename(args.opt))
@@ -184,6 +271,8 @@ def parse_options(root_path: str, is_train: bool = True) -> tuple[dict, argparse
         opt, basicsr_args = basicsr_parse_options(root_path, is_train=is_train)
     finally:
         sys.argv = saved_argv
+    if opt['rank'] == 0:  # before BasicSR creates or archives the folder (make_exp_dirs, rank 0)
+        experiment_lock.acquire(opt['path']['experiments_root' if is_train else 'results_root'])
     basicsr_args.source_opt = args.opt
     basicsr_args.cfg_options = args.cfg_options
     return opt, basicsr_args
@@ -201,5 +290,6 @@ def save_options(opt_file: str, folder: str) -> str:
     return target
 
 
-__all__ = ['build_parser', 'check_keys', 'dump_options', 'inprocess_options', 'load_options', 'parse_options',
-           'rewrite_local_rank', 'save_options', 'validate_options']
+__all__ = ['build_parser', 'check_choice', 'check_keys', 'check_list', 'check_number', 'check_yaml', 'dump_options',
+           'inprocess_options', 'load_options', 'parse_options', 'rewrite_local_rank', 'save_options',
+           'validate_options']

@@ -33,7 +33,8 @@ def test_base_inheritance_and_cfg_options(tmp_path: Path) -> None:
     ({'path': {'pretrain_network_g': 'nowhere/net_g.pth'}}, 'path.pretrain_network_g: file not found: nowhere'),
 ])
 def test_validate_options_fails_fast(tmp_path: Path, change: dict, message: str) -> None:
-    opt = tiny_train_options(tmp_path)
+    tiny_workspace(tmp_path)
+    opt = tiny_train_options(tmp_path / 'data')
     validate_options(opt)
     opt.update(change)
     with pytest.raises((ValueError, FileNotFoundError), match=message):

@@ -15,6 +15,7 @@ target; the map grows on ``MapFullError`` from an explicit initial size.
 """
 import os
 import re
+import struct
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -29,15 +30,53 @@ from basicsr_unlearn.fileio import atomic_path
 _ENVS: dict[str, lmdb.Environment] = {}
 META_INFO = 'meta_info.txt'
 META_LABELS = 'meta_labels.txt'
+LMDB_MAGIC = 0xBEEFC0DE
+META_END = 152  # page header (16) + MDB_meta up to mm_txnid (64-bit build)
+
+
+def check_lmdb(path: str | os.PathLike, where: str | None = None) -> None:
+    """Raise unless ``<path>/data.mdb`` is as long as its own meta page says (a truncated file would SIGBUS readers).
+
+    LMDB keeps two meta pages (pages 0 and 1, 64-bit little-endian ``MDB_meta``: magic ``0xBEEFC0DE`` at byte 16,
+    page size at 40, last used page at 136, transaction id at 144); the newer one gives the pages in use.
+
+    Example:
+        >>> check_lmdb('/nowhere.lmdb', 'datasets.train.dataroot_gt')
+        Traceback (most recent call last):
+        FileNotFoundError: datasets.train.dataroot_gt: /nowhere.lmdb: not an LMDB folder (no data.mdb)
+    """
+    at = f'{where}: ' if where else ''
+    data = os.path.join(path, 'data.mdb')
+    if not os.path.isfile(data):
+        raise FileNotFoundError(f'{at}{path}: not an LMDB folder (no data.mdb)')
+    size = os.path.getsize(data)
+    with open(data, 'rb') as f:
+        head = f.read(META_END)
+        page_size = struct.unpack_from('<I', head, 40)[0] if len(head) == META_END else 0
+        f.seek(page_size)
+        second = f.read(META_END)
+    metas = [struct.unpack_from('<IIQQ', page, 16)[:2] + struct.unpack_from('<QQ', page, 136)
+             for page in (head, second) if len(page) == META_END]
+    metas = [m for m in metas if m[0] == LMDB_MAGIC]
+    if not metas or page_size < META_END:
+        raise ValueError(f'{at}{data}: not an LMDB data file ({size} bytes, no valid meta page); re-create it '
+                         'with tools/create_lmdb.py')
+    last_page = max(metas, key=lambda m: m[3])[2]
+    needed = (last_page + 1) * page_size
+    if size < needed:
+        raise ValueError(f'{at}{data}: truncated LMDB: {size} bytes, but its meta page uses {last_page + 1} '
+                         f'pages of {page_size} bytes ({needed}); re-create it with tools/create_lmdb.py')
 
 
 def open_env(path: str | os.PathLike) -> lmdb.Environment:
-    """Read-only environment of the LMDB folder ``path``, opened once per process (and reused by forked children)."""
+    """Read-only environment of the LMDB folder ``path``, opened once per process (and reused by forked children).
+
+    The first open checks ``data.mdb`` against its meta page (:func:`check_lmdb`).
+    """
     real = os.path.realpath(path)
     env = _ENVS.get(real)
     if env is None:
-        if not os.path.isfile(os.path.join(real, 'data.mdb')):
-            raise FileNotFoundError(f'{path}: not an LMDB folder (no data.mdb)')
+        check_lmdb(path)
         env = lmdb.open(real, readonly=True, lock=False, readahead=False, meminit=False)
         _ENVS[real] = env
     return env

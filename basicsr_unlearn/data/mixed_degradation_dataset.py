@@ -15,6 +15,7 @@ Options (``datasets.<phase>``)::
     use_rot: true             # train: random vertical flip + transpose (BasicSR's `augment`)
     seed: 0                   # val/test noise and role-group assembly
     role_group: {forget: 2, retain: 6}   # train only: each item is a group of 2 forget + 6 retain samples
+    # role_group: {forget: 0, retain: 4, retain_only: true}   # deliberate retain-only training (fine-tuning)
 
 Source types: ``folder`` pairs files of equal name in ``dataroot_gt``/``dataroot_lq``; ``meta`` reads
 ``meta_info_file`` lines ``<gt relative path> [<lq relative path>]`` (one column: same name in both); ``lmdb`` reads
@@ -30,7 +31,14 @@ an item stacks ``n = n_f + n_r`` samples, forget first: ``lq``, ``gt`` ``(n, 3, 
 (a DataLoader batch is then ``(B, n, 3, h, w)``, so every batch holds exactly the configured ratio, also under DDP
 where BasicSR's ``EnlargedSampler`` shards item indices). Group ``i`` takes forget samples
 ``P_f[(i n_f + j) mod F]`` and retain samples ``P_r[(i n_r + j) mod R]`` of fixed permutations drawn from ``seed``,
-so the groups are a function of ``(seed, i)`` and one pass over the items covers both pools.
+so the groups are a function of ``(seed, i)`` and one pass over the items covers both pools. A group may not ask for
+more samples of a role than its pool holds distinct samples (it would repeat them); ``forget: 0`` beside a ``forget``
+list means no forget sample ever reaches the model, so it needs ``retain_only: true`` (fine-tuning or Adapt-then-
+Unlearn stage 2 on retained data, the forget types kept out); a ``forget`` list naming every source is an error.
+
+:meth:`MixedDegradationDataset.check_options` (run by the launchers before any folder exists) does every check that
+needs no image decoding: keys, names, folders and LMDBs (:func:`~basicsr_unlearn.data.lmdb_backend.check_lmdb`),
+pairing, and the role groups against the pool sizes.
 
 Randomness: train crops, flips and noise come from a generator seeded with ``(seed, index, torch.initial_seed(),
 draw count)``: reproducible under BasicSR's ``manual_seed`` (which fixes ``torch.initial_seed()`` in the main process
@@ -52,7 +60,7 @@ from basicsr_unlearn.config import check_keys
 from basicsr_unlearn.data.degradation_names import check_name, de_type
 from basicsr_unlearn.data.degradations import HAZE_DEFAULTS, NOISE_SIGMAS, RAIN_DEFAULTS, synthesize
 from basicsr_unlearn.data.image_io import decode_image, list_images, meta_pairs, paired_images, read_image
-from basicsr_unlearn.data.lmdb_backend import LmdbReader, read_labels
+from basicsr_unlearn.data.lmdb_backend import LmdbReader, check_lmdb, read_labels
 
 SIZE_MULTIPLE = 8
 SOURCE_KEYS = {
@@ -74,6 +82,16 @@ class Record:
     source: int
     gt: str
     lq: str | None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What :meth:`MixedDegradationDataset.check_options` establishes: checked sources, records, roles, group."""
+
+    sources: list[dict]
+    records: list[Record]
+    forget: frozenset[str]
+    group: tuple[int, int] | None
 
 
 def _lmdb_pairs(src: dict, where: str) -> list[tuple[str, str]]:
@@ -132,7 +150,65 @@ def _check_forget(forget: object, sources: list[dict], where: str) -> frozenset[
         if name not in present:
             raise ValueError(f"{where}: '{name}' is not the degradation of any source; sources have "
                              f"{', '.join(present)}")
+    if forget and set(present) <= set(forget):
+        raise ValueError(f"{where}: {sorted(set(forget))} covers every source's degradation; nothing would be "
+                         'retained (that is training from scratch, not unlearning); expected a strict subset of '
+                         f"{', '.join(present)}")
     return frozenset(forget)
+
+
+def _scan(i: int, src: dict, where: str) -> list[Record]:
+    """Records of source ``i``: file pairs, LMDB keys or clean images (folders listed, LMDB sizes checked)."""
+    kind = src['type']
+    for key in ('dataroot_gt', 'dataroot_lq'):
+        if str(src.get(key)).endswith('.lmdb'):
+            check_lmdb(src[key], f'{where}.{key}')
+    if kind == 'folder':
+        pairs = paired_images(Path(src['dataroot_gt']), Path(src['dataroot_lq']), where)
+    elif kind == 'meta':
+        pairs = meta_pairs(src['meta_info_file'], src['dataroot_gt'], src['dataroot_lq'], f'{where}.meta_info_file')
+    elif kind == 'lmdb':
+        pairs = _lmdb_pairs(src, where)
+    elif str(src['dataroot_gt']).endswith('.lmdb'):
+        pairs = [(key, None) for key in LmdbReader(src['dataroot_gt']).keys()]
+    else:
+        pairs = [(str(p), None) for p in list_images(src['dataroot_gt'], f'{where}.dataroot_gt')]
+    return [Record(i, gt, lq) for gt, lq in pairs]
+
+
+def _check_group(group: object, phase: str, forget: frozenset[str], sources: list[dict], records: list[Record],
+                 where: str) -> tuple[int, int] | None:
+    """``(n_f, n_r)`` of ``role_group``, checked against the roles and the distinct samples of each pool."""
+    if group is None:
+        return None
+    if phase != 'train':
+        raise ValueError(f'{where}: role groups are for the train phase only (phase is {phase!r})')
+    if not isinstance(group, dict):
+        raise ValueError(f'{where}: expected {{forget: n_f, retain: n_r}}, got {group!r}')
+    check_keys(group, ('forget', 'retain', 'retain_only'), where)
+    n_f, n_r, retain_only = group.get('forget', 0), group.get('retain', 0), group.get('retain_only', False)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (n_f, n_r)) or n_f + n_r == 0:
+        raise ValueError(f'{where}: expected non-negative integer counts with a positive sum, got {group!r}')
+    data = where.removesuffix('.role_group')
+    if retain_only not in (True, False):
+        raise ValueError(f'{where}.retain_only: expected true or false, got {retain_only!r}')
+    if n_f and not forget:
+        raise ValueError(f'{where}: forget: {n_f} needs a non-empty {data}.forget list')
+    if retain_only and (n_f or not forget):
+        raise ValueError(f'{where}.retain_only: true means no forget samples and a {data}.forget list of the types '
+                         f'kept out; got forget: {n_f}, {data}.forget: {sorted(forget)}')
+    if forget and not n_f and not retain_only:
+        raise ValueError(f'{where}: forget: 0 with {data}.forget {sorted(forget)}: no forget sample ever reaches the '
+                         'model, so the run only trains on retained data (it does not unlearn); expected '
+                         'forget >= 1, or retain_only: true if retain-only training (fine-tuning, Adapt-then-Unlearn '
+                         'stage 2) is intended')
+    is_forget = [sources[r.source]['degradation'] in forget for r in records]
+    for role, n, members in (('forget', n_f, True), ('retain', n_r, False)):
+        pool = {(r.source, r.gt, r.lq) for r, f in zip(records, is_forget) if f == members}
+        if n > len(pool):
+            raise ValueError(f'{where}.{role}: {n} per group, but the {role} pool holds {len(pool)} distinct samples '
+                             f'(every group would repeat some); expected <= {len(pool)}')
+    return n_f, n_r
 
 
 @DATASET_REGISTRY.register()
@@ -144,78 +220,48 @@ class MixedDegradationDataset(data.Dataset):
     """
 
     @staticmethod
-    def check_options(opt: dict, where: str) -> list[dict]:
-        """Check the option block without reading any file; returns the checked sources.
+    def check_options(opt: dict, where: str) -> Layout:
+        """Check the option block and its files without decoding an image; returns the checked layout.
 
         The launchers call it before creating any folder (``config.validate_options``), so an unknown degradation
-        name or key fails at once, naming its option path.
+        name or key, a missing folder, a truncated LMDB or a role group the pools cannot fill fails at once,
+        naming its option path.
         """
         check_keys(opt, DATASET_KEYS, where)
+        if opt.get('phase', 'train') == 'train' and not isinstance(opt.get('gt_size'), int):
+            raise ValueError(f'{where}.gt_size: expected the train patch size (int), got {opt.get("gt_size")!r}')
         sources = opt.get('sources')
         if not isinstance(sources, list) or not sources:
             raise ValueError(f'{where}.sources: expected a non-empty list of source mappings')
         checked = [_check_source(src, f'{where}.sources[{i}]') for i, src in enumerate(sources)]
-        _check_forget(opt.get('forget') or [], checked, f'{where}.forget')
-        return checked
+        forget = _check_forget(opt.get('forget') or [], checked, f'{where}.forget')
+        records = []
+        for i, src in enumerate(checked):
+            records += _scan(i, src, f'{where}.sources[{i}]') * src.get('repeat', 1)
+        group = _check_group(opt.get('role_group'), opt.get('phase', 'train'), forget, checked, records,
+                             f'{where}.role_group')
+        return Layout(checked, records, forget, group)
 
     def __init__(self, opt: dict) -> None:
         super().__init__()
         self.opt = opt  # BasicSR convention: validation reads dataloader.dataset.opt["name"]
         self.phase = opt.get('phase', 'train')
         where = f'datasets.{self.phase}'
-        self.sources = self.check_options(opt, where)
+        layout = self.check_options(opt, where)
+        self.sources, self.records, self.forget, self.group = (layout.sources, layout.records, layout.forget,
+                                                               layout.group)
         self.train = self.phase == 'train'
         self.seed = int(opt.get('seed', 0))
         self.gt_size = opt.get('gt_size')
-        if self.train and not isinstance(self.gt_size, int):
-            raise ValueError(f'{where}.gt_size: expected the train patch size (int), got {self.gt_size!r}')
         self.use_hflip = bool(opt.get('use_hflip', False))
         self.use_rot = bool(opt.get('use_rot', False))
-        self.readers = {}
-        self.records = []
-        for i, src in enumerate(self.sources):
-            self.records += self._scan(i, src, f'{where}.sources[{i}]') * src.get('repeat', 1)
-        self.forget = _check_forget(opt.get('forget') or [], self.sources, f'{where}.forget')
-        self.group = self._check_group(opt.get('role_group'), f'{where}.role_group')
+        self.readers = {src[key]: LmdbReader(src[key]) for src in self.sources for key in ('dataroot_gt', 'dataroot_lq')
+                        if str(src.get(key)).endswith('.lmdb')}
         if self.group is not None:
             rng = np.random.default_rng([self.seed, 0])
             is_forget = np.array([self.role(r) == 'forget' for r in self.records])
             self.pools = [rng.permutation(np.flatnonzero(is_forget)), rng.permutation(np.flatnonzero(~is_forget))]
         self._draws = 0
-
-    def _scan(self, i: int, src: dict, where: str) -> list[Record]:
-        kind = src['type']
-        if kind == 'folder':
-            pairs = paired_images(Path(src['dataroot_gt']), Path(src['dataroot_lq']), where)
-        elif kind == 'meta':
-            pairs = meta_pairs(src['meta_info_file'], src['dataroot_gt'], src['dataroot_lq'], f'{where}.meta_info_file')
-        elif kind == 'lmdb':
-            self.readers[src['dataroot_gt']] = LmdbReader(src['dataroot_gt'])
-            self.readers[src['dataroot_lq']] = LmdbReader(src['dataroot_lq'])
-            pairs = _lmdb_pairs(src, where)
-        elif str(src['dataroot_gt']).endswith('.lmdb'):
-            self.readers[src['dataroot_gt']] = LmdbReader(src['dataroot_gt'])
-            pairs = [(key, None) for key in self.readers[src['dataroot_gt']].keys()]
-        else:
-            pairs = [(str(p), None) for p in list_images(src['dataroot_gt'], f'{where}.dataroot_gt')]
-        return [Record(i, gt, lq) for gt, lq in pairs]
-
-    def _check_group(self, group: object, where: str) -> tuple[int, int] | None:
-        if group is None:
-            return None
-        if not self.train:
-            raise ValueError(f'{where}: role groups are for the train phase only (phase is {self.phase!r})')
-        if not isinstance(group, dict):
-            raise ValueError(f'{where}: expected {{forget: n_f, retain: n_r}}, got {group!r}')
-        check_keys(group, ('forget', 'retain'), where)
-        n_f, n_r = group.get('forget', 0), group.get('retain', 0)
-        if not all(isinstance(n, int) and n >= 0 for n in (n_f, n_r)) or n_f + n_r == 0:
-            raise ValueError(f'{where}: expected non-negative integer counts with a positive sum, got {group!r}')
-        if n_f and not self.forget:
-            raise ValueError(f'{where}: forget: {n_f} needs a non-empty datasets.{self.phase}.forget list')
-        if n_r and all(self.role(r) == 'forget' for r in self.records):
-            raise ValueError(f'{where}: retain: {n_r} but every source is in datasets.{self.phase}.forget')
-        return n_f, n_r
 
     def role(self, record: Record) -> str:
         """``'forget'`` if the record's degradation is in ``forget``, else ``'retain'``."""
