@@ -35,36 +35,47 @@ def descendants(pid: int) -> list[int]:
 
 
 def test_torchrun_sigkill_then_auto_resume(tmp_path: Path) -> None:
-    total = 300
+    """Rank 0 pauses on an explicit "about to write" marker before ``20.state`` (10.state and both net files of 10
+    and 20 written); launcher and workers are SIGKILLed there; ``--auto_resume`` takes the dead run's lock over and
+    continues from iteration 10."""
+    total = 40
     option_file = tiny_workspace(tmp_path, total_iter=total)
     overrides = ['--cfg-options', 'val.val_freq=1000', 'logger.print_freq=10', 'logger.save_checkpoint_freq=10']
-    states = tmp_path / 'experiments' / 'tiny' / 'training_states'
+    exp = tmp_path / 'experiments' / 'tiny'
+    states = exp / 'training_states'
+    marker = tmp_path / 'about_to_write'
+    env = tool_env(BASICSR_UNLEARN_HOLD_BEFORE_WRITE='*/training_states/.20.state.tmp*',
+                   BASICSR_UNLEARN_HOLD_MARKER=str(marker))
     proc = subprocess.Popen(torchrun('train.py', ['-opt', option_file, *overrides], tmp_path), cwd=tmp_path,
-                            env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not list(states.glob('*.state')) and proc.poll() is None and time.time() < deadline:
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, 'training never reached the marker'
         time.sleep(0.05)
+    lock = json.loads((tmp_path / 'experiments' / '.tiny.lock').read_text())
+    assert lock['pid'] == int(marker.read_text())  # rank 0 holds the experiment lock
     for pid in [proc.pid, *descendants(proc.pid)]:  # the launcher and both workers, at once
         os.kill(pid, signal.SIGKILL)
     proc.wait()
-    killed_at = max(int(p.stem) for p in states.glob('*.state'))
-    assert killed_at < total, 'the run finished before it could be killed'
-    assert not (tmp_path / 'experiments' / 'tiny' / 'models' / 'net_g_latest.pth').exists()
+    assert sorted(p.name for p in states.iterdir()) == ['10.state']
+    assert not (exp / 'models' / 'net_g_latest.pth').exists()
 
     resumed = subprocess.run(torchrun('train.py', ['-opt', option_file, *overrides, '--auto_resume'], tmp_path),
                              cwd=tmp_path, env=tool_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = (resumed.stdout + resumed.stderr)
-    resumed_from = int(log.split('Resuming training from epoch: ')[1].split('iter: ')[1].split('.')[0])
-    assert 0 < resumed_from < total
-    models = tmp_path / 'experiments' / 'tiny' / 'models'
+    assert 'Resuming training from epoch: ' in log and 'iter: 10.' in log
+    assert json.loads((tmp_path / 'experiments' / '.tiny.lock').read_text())['pid'] != lock['pid']  # taken over
+    assert not list((tmp_path / 'experiments').glob('tiny_archived_*'))
+    models = exp / 'models'
     assert (states / f'{total}.state').is_file()
     for name in (f'net_g_{total}.pth', 'net_g_latest.pth'):
         params = torch.load(models / name, map_location='cpu', weights_only=True)['params']
         assert params['conv_first.weight'].shape == (8, 3, 3, 3)
     state = torch.load(states / f'{total}.state', weights_only=True)
     assert state['iter'] == total and state['wall_time_s'] > 0
-    train_log = json.loads((tmp_path / 'experiments' / 'tiny' / 'train_log.json').read_text())
+    train_log = json.loads((exp / 'train_log.json').read_text())
     iters = [it for it, _ in train_log['loss']]
     assert train_log['iter'] == total and iters == sorted(set(iters)) and iters[-1] == total
     assert train_log['val'][-1][0] == total and 'noise25' in train_log['val'][-1][1]

@@ -1,5 +1,7 @@
 """LMDB tooling: BasicSR-format round trip and interop, atomic writes, bad input, forked and spawned workers."""
 import importlib.util
+import os
+import shutil
 import signal
 import subprocess
 import time
@@ -14,7 +16,7 @@ from helpers import PYTHON, ROOT, tool_env
 from torch.utils.data import ConcatDataset, DataLoader
 
 from basicsr_unlearn.data.image_io import list_images, read_image
-from basicsr_unlearn.data.lmdb_backend import LmdbReader, read_labels, write_lmdbs
+from basicsr_unlearn.data.lmdb_backend import LmdbReader, check_lmdb, read_labels, write_lmdbs
 
 spec = importlib.util.spec_from_file_location('create_lmdb', ROOT / 'tools' / 'create_lmdb.py')
 create_lmdb = importlib.util.module_from_spec(spec)
@@ -95,28 +97,55 @@ def test_lmdb_sources_check_keys_and_labels(demo_root, tmp_path):
 
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_creation_leaves_nothing_at_the_target(tmp_path, sig):
+    """The writer pauses on an explicit "about to write" marker (every image written, nothing renamed) and is
+    signalled there; the next run to the same targets removes a killed writer's temporaries and succeeds."""
     clean = tmp_path / 'clean'
     clean.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(400):
-        cv2.imwrite(str(clean / f'{i:04d}.png'), rng.integers(0, 256, (96, 96, 3), dtype=np.uint8),
-                    [cv2.IMWRITE_PNG_COMPRESSION, 0])
+    for i in range(8):
+        cv2.imwrite(str(clean / f'{i:04d}.png'), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
     out = tmp_path / 'noisy.lmdb'
-    proc = subprocess.Popen([PYTHON, str(ROOT / 'tools/create_lmdb.py'), '--gt', str(clean), '--synth', 'haze',
-                             '--compress-level', '9', '--out-gt', str(tmp_path / 'clean.lmdb'), '--out-lq', str(out)],
-                            env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    args = [PYTHON, str(ROOT / 'tools/create_lmdb.py'), '--gt', str(clean), '--synth', 'haze',
+            '--out-gt', str(tmp_path / 'clean.lmdb'), '--out-lq', str(out)]
+    marker = tmp_path / 'about_to_write'
+    env = tool_env(BASICSR_UNLEARN_HOLD_BEFORE_WRITE='.noisy.lmdb.tmp*/meta_info.txt',
+                   BASICSR_UNLEARN_HOLD_MARKER=str(marker))
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not list(tmp_path.glob('.noisy.lmdb.tmp*/data.mdb')) and time.monotonic() < deadline:
+    while not marker.exists():
         assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.05)
-    time.sleep(0.3)
-    assert proc.poll() is None, 'create_lmdb finished before it could be interrupted'
+        assert time.monotonic() < deadline, 'create_lmdb never reached the marker'
+        time.sleep(0.02)
+    temporaries = sorted(p.name for p in tmp_path.glob('.*.lmdb.tmp*'))
+    assert temporaries == [f'.clean.lmdb.tmp{proc.pid}', f'.noisy.lmdb.tmp{proc.pid}']
     proc.send_signal(sig)
     proc.wait(timeout=60)
     assert proc.returncode != 0
     assert not out.exists() and not (tmp_path / 'clean.lmdb').exists()
-    if sig == signal.SIGTERM:  # unwinds: the temporaries are removed too
-        assert not list(tmp_path.glob('.*tmp*'))
+    left = sorted(p.name for p in tmp_path.glob('.*.lmdb.tmp*'))
+    assert left == ([] if sig == signal.SIGTERM else temporaries)  # SIGTERM unwinds; SIGKILL cannot
+    again = subprocess.run(args, env=tool_env(), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert not list(tmp_path.glob('.*.lmdb.tmp*'))  # the dead writer's temporaries are gone
+    assert LmdbReader(out).keys() == [f'{i:04d}' for i in range(8)]
+
+
+def test_truncated_lmdb_is_an_error_naming_the_file_not_a_sigbus(demo_root, tmp_path):
+    lmdb = tmp_path / 'rain_lq.lmdb'
+    shutil.copytree(demo_root / 'lmdb' / 'train_rain_lq.lmdb', lmdb)
+    size = (lmdb / 'data.mdb').stat().st_size
+    os.truncate(lmdb / 'data.mdb', size // 2)
+    reader = LmdbReader(lmdb)
+    with pytest.raises(ValueError, match=rf'{lmdb}/data\.mdb: truncated LMDB: {size // 2} bytes, but its meta page '
+                                         rf'uses \d+ pages of 4096 bytes \({size}\); re-create it'):
+        reader.get(reader.keys()[0])
+    src = {'degradation': 'rain', 'type': 'lmdb', 'dataroot_gt': str(demo_root / 'lmdb' / 'train_rain_gt.lmdb'),
+           'dataroot_lq': str(lmdb)}
+    with pytest.raises(ValueError, match=r'datasets\.val\.sources\[0\]\.dataroot_lq: .*data\.mdb: truncated LMDB'):
+        build_dataset({'name': 'rain', 'type': 'MixedDegradationDataset', 'phase': 'val', 'sources': [src]})
+    os.truncate(lmdb / 'data.mdb', 100)
+    with pytest.raises(ValueError, match=r'data\.mdb: not an LMDB data file \(100 bytes, no valid meta page\)'):
+        check_lmdb(lmdb)
 
 
 @pytest.mark.parametrize('context', ['fork', 'spawn'])

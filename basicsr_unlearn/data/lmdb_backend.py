@@ -11,7 +11,9 @@ only the path, so they pickle (spawn workers open their own environment on first
 
 Writing: keys are sanitised (``[A-Za-z0-9_-]`` only: BasicSR splits ``meta_info.txt`` names at the first dot), the
 LMDB is built in a temporary sibling folder and renamed at the end, so an interrupted run leaves nothing at the
-target; the map grows on ``MapFullError`` from an explicit initial size.
+target (and the next write to that target removes the temporaries of killed writers); the map grows on
+``MapFullError`` from an explicit initial size. Readers check ``data.mdb`` against its meta page first
+(:func:`check_lmdb`): a truncated file is an error naming it, not a SIGBUS.
 """
 import os
 import re
@@ -25,7 +27,7 @@ import numpy as np
 
 from basicsr_unlearn.data.degradation_names import de_type
 from basicsr_unlearn.data.image_io import decode_image, encode_png
-from basicsr_unlearn.fileio import atomic_path
+from basicsr_unlearn.fileio import atomic_path, fault_point
 
 _ENVS: dict[str, lmdb.Environment] = {}
 META_INFO = 'meta_info.txt'
@@ -198,6 +200,7 @@ def write_lmdbs(targets: dict[str, str | os.PathLike], items: Iterable[tuple[str
                     pending[role] = []
         for role, tmp in tmps.items():
             _put(envs[role], pending[role])
+            fault_point(tmp / META_INFO)  # fault tests: every image written, nothing renamed yet
             (tmp / META_INFO).write_text('\n'.join(meta[role]) + '\n')
             if label is not None:
                 (tmp / META_LABELS).write_text(''.join(f'{key}{label}\n' for key in seen))
