@@ -39,7 +39,8 @@ def plus_minus_at(row: dict, *path: str | int, fmt: str = '.2f') -> str:
 
 def label(row: dict) -> str:
     """Row label: the name, its role unless a method, the seed count, and "oracle stop" when a run used one."""
-    text = row['name'] if row['role'] == 'method' else f'{row["name"]} ({row["role"]})'
+    text = row['name'] if row['role'] == 'method' or row['name'].startswith(row['role']) else \
+        f'{row["name"]} ({row["role"]})'
     if row['n_seeds'] > 1:
         text += f' [{row["n_seeds"]} seeds]'
     return text + (' (oracle stop)' if row['oracle_stop'] else '')
@@ -76,7 +77,7 @@ def main_table(report: dict) -> str:
               'forget quality', 'relearn steps', 'time (s)', 'cost vs retrain', 'meets']
     rows = []
     for m in report['models']:
-        cost = '–' if m['cost_ratio'] is None else f'{m["cost_ratio"]:.1%}'
+        cost = '–' if m['cost_ratio'] is None else plus_minus_at(m, 'cost_ratio', fmt='.1%')
         calibrated = m['mia_calibrated'] is not None
         rows.append([label(m), *[plus_minus_at(m, 'psnr', d) for d in report['degradations']], _forget_gap(m, floor),
                      plus_minus_at(m, 'forget_gap_ssim', fmt='.4f'), plus_minus_at(m, 'worst_retain_change_db'),
@@ -84,7 +85,7 @@ def main_table(report: dict) -> str:
                      plus_minus_at(m, 'mia_calibrated', 'auc', fmt='.3f') if calibrated else '–',
                      plus_minus_at(m, 'mia_calibrated', 'tpr_at_fpr', '1%', fmt='.2f') if calibrated else '–',
                      plus_minus_at(m, 'forget_quality', 'p_value', fmt='.3f'), _steps(m),
-                     '–' if m['wall_time_s'] is None else f'{m["wall_time_s"]:.0f}', cost, _verdict(m)])
+                     plus_minus_at(m, 'wall_time_s', fmt='.0f'), cost, _verdict(m)])
     floor_text = ('no second reference, so no noise floor' if floor is None else
                   f'floor = the second reference\'s own forget gap ({floor["forget_gap_db"]:.2f} dB): the level of '
                   '"indistinguishable from retraining"')
@@ -151,7 +152,7 @@ def _mia_section(report: dict) -> list[str]:
 
 def _distance_section(report: dict) -> list[str]:
     forget = report['forget']
-    header = ['model', 'mean |f − f_ref|', 'PSNR(f, f_ref) dB', 'KS D', 'forget quality (KS p)']
+    header = ['model', 'mean \\|f − f_ref\\|', 'PSNR(f, f_ref) dB', 'KS D', 'forget quality (KS p)']
     rows = [[label(m), plus_minus_at(m, 'distance', 'l1', fmt='.4f'), plus_minus_at(m, 'distance', 'psnr_db'),
              plus_minus_at(m, 'forget_quality', 'ks_statistic', fmt='.3f'),
              plus_minus_at(m, 'forget_quality', 'p_value', fmt='.3f')]
@@ -244,10 +245,14 @@ def _charts(report: dict, out: Path, curves: dict[str, dict]) -> None:
     if report['relearn'] is not None:
         steps = report['relearn']['curve_steps']
         target = report['relearn']['target_db']
-        lines = {label(m): list(zip(steps, m['relearn']['psnr'])) for m in models if m.get('relearn')}
+        attacked = [m for m in models if m.get('relearn')]
+        reference = next(m for m in attacked if m['name'] == report['reference'])['relearn']['psnr']
+        lines = {label(m): list(zip(steps, m['relearn']['psnr'])) for m in attacked}
         lines["original's level"] = [(steps[0], target), (steps[-1], target)]
-        line_chart(out / CHARTS['relearn'], {f'held-out {forget} PSNR (dB)': lines}, 'fine-tuning steps',
-                   'Relearning attack: recovery curves (mean over seeds)')
+        leads = {label(m): [(s, p - r) for s, p, r in zip(steps, m['relearn']['psnr'], reference)] for m in attacked}
+        line_chart(out / CHARTS['relearn'], {f'held-out {forget} PSNR (dB)': lines,
+                                             f'lead over {report["reference"]} (dB)': leads},
+                   'fine-tuning steps', 'Relearning attack (mean over seeds)')
     if curves:
         line_chart(out / CHARTS['curves'], _curve_panels(curves), 'iteration', 'Original vs retrained reference')
 
