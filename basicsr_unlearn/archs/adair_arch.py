@@ -71,7 +71,7 @@ def reference_lowpass_mask(ratios: Tensor, height: int, width: int,
                            divisor: int = REFERENCE_MASK_DIVISOR) -> Tensor:
     """The official AdaIR box for an *unshifted* spectrum: 1 where ``-k <= f < k`` on both axes, else 0.
 
-    ``k = int((n // divisor) * r)`` per axis and sample, as the reference computes it (truncated in fp32); the
+    ``k = int((n // divisor) * r)`` per axis and sample, truncated in the dtype of ``ratios`` as in the reference; the
     reference sets rows ``n//2 - k .. n//2 + k - 1`` of the ``roll``-centred spectrum, i.e. signed bins ``-k .. k-1``.
 
     Args:
@@ -88,7 +88,7 @@ def reference_lowpass_mask(ratios: Tensor, height: int, width: int,
         (6, 2)
     """
     def axis(r: Tensor, n: int) -> Tensor:
-        k = (r.float() * (n // divisor)).int()[:, None]  # B, 1
+        k = (r * (n // divisor)).int()[:, None]  # B, 1
         f = _signed_bins(n, r.device)[None]  # 1, n
         return ((f >= -k) & (f < k)).float()  # B, n
 
@@ -182,10 +182,11 @@ class FreModule(nn.Module):
                                        nn.Conv2d(dim // 8, 2, 1, bias=False))
 
     def split_frequencies(self, guide: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, C, H, W) guidance feature -> (high, low) magnitude maps, each (B, C, H, W). FFT runs in fp32."""
-        ratios = torch.sigmoid(self.rate_conv(F.adaptive_avg_pool2d(guide, 1))).flatten(1)  # B, 2
-        spectrum = torch.fft.fft2(guide.float(), norm='forward')
-        mask = self.mask_fn(ratios.float(), *guide.shape[-2:])
+        """(B, C, H, W) guidance feature -> (high, low) magnitude maps, each (B, C, H, W). FFT in fp32 or wider."""
+        work = torch.promote_types(guide.dtype, torch.float32)  # half-precision FFTs support only 2^n sizes
+        ratios = torch.sigmoid(self.rate_conv(F.adaptive_avg_pool2d(guide, 1))).flatten(1).to(work)  # B, 2
+        spectrum = torch.fft.fft2(guide.to(work), norm='forward')
+        mask = self.mask_fn(ratios, *guide.shape[-2:])
         low = torch.fft.ifft2(spectrum * mask, norm='forward').abs().to(guide.dtype)
         high = torch.fft.ifft2(spectrum * (1 - mask), norm='forward').abs().to(guide.dtype)
         return high, low
