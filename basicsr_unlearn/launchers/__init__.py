@@ -5,3 +5,16 @@
 outputs go under the current directory. Multi-process: ``torchrun --nproc_per_node=N tools/train.py -opt X.yml
 --launcher pytorch`` (or ``torchrun --no-python ... basicsr-unlearn-train ...``).
 """
+import os
+from collections.abc import Callable
+
+from basicsr_unlearn import compat
+
+
+def launch(pipeline: Callable[[str], object]) -> None:
+    """Apply the compatibility fixes, run ``pipeline`` rooted at the current directory, end the process group."""
+    compat.apply()
+    try:
+        pipeline(os.getcwd())
+    finally:
+        compat.destroy_process_group()

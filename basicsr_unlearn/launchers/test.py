@@ -7,7 +7,6 @@ Writes ``results/<name>/metrics.json`` (``datasets: {name: {per_degradation, per
 pytorch`` shards the images over ranks.
 """
 import logging
-import os
 from os import path as osp
 
 from basicsr.data import build_dataloader, build_dataset
@@ -16,11 +15,11 @@ from basicsr.utils import get_root_logger, get_time_str, make_exp_dirs
 from basicsr.utils.options import dict2str
 from tqdm import tqdm
 
-from basicsr_unlearn import compat
 from basicsr_unlearn.config import parse_options, save_options
 from basicsr_unlearn.evaluation.metrics import evaluate, metric_space, metric_specs, summarize
 from basicsr_unlearn.evaluation.report import markdown_table
 from basicsr_unlearn.fileio import write_json, write_text
+from basicsr_unlearn.launchers import launch
 
 
 def metrics_markdown(metrics: dict) -> str:
@@ -84,12 +83,8 @@ def test_pipeline(root_path: str) -> dict:
 
 
 def main() -> None:
-    """Apply the compatibility fixes, run :func:`test_pipeline` rooted at the current directory."""
-    compat.apply()
-    try:
-        test_pipeline(os.getcwd())
-    finally:
-        compat.destroy_process_group()
+    """:func:`test_pipeline` rooted at the current directory."""
+    launch(test_pipeline)
 
 
 if __name__ == '__main__':

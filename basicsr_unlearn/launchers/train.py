@@ -3,20 +3,14 @@
 Multi-process: ``torchrun --nproc_per_node=N tools/train.py -opt X.yml --launcher pytorch`` (gloo on CPU, NCCL on
 GPU). Also ``--auto_resume``, ``--debug``, ``--force_yml``. Outputs go under the current directory.
 """
-import os
-
 from basicsr.train import train_pipeline
 
-from basicsr_unlearn import compat
+from basicsr_unlearn.launchers import launch
 
 
 def main() -> None:
-    """Apply the compatibility fixes, run ``train_pipeline`` rooted at the current directory, end the process group."""
-    compat.apply()
-    try:
-        train_pipeline(os.getcwd())
-    finally:
-        compat.destroy_process_group()
+    """BasicSR's ``train_pipeline`` with the plugin, rooted at the current directory."""
+    launch(train_pipeline)
 
 
 if __name__ == '__main__':
