@@ -10,6 +10,11 @@ def import_modules(package: str, path: list[str], suffix: str) -> list[str]:
         package: dotted package name, e.g. ``'basicsr_unlearn.archs'`` (pass ``__name__``).
         path: the package's ``__path__``.
         suffix: module-name suffix that marks a registering module.
+
+    Example:
+        >>> from basicsr_unlearn import archs
+        >>> 'promptir_arch' in import_modules(archs.__name__, archs.__path__, '_arch')
+        True
     """
     names = sorted(m.name for m in pkgutil.iter_modules(path) if m.name.endswith(suffix))
     for name in names:

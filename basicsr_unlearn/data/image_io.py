@@ -2,6 +2,15 @@
 
 Images are stored as 8-bit PNG (BGR on disk, as OpenCV and BasicSR write them) and handled in memory as float32
 RGB ``(H, W, 3)`` in ``[0, 1]``; grey images are replicated to three channels.
+
+Example:
+    >>> img = np.random.default_rng(0).random((4, 5, 3)).astype(np.float32)
+    >>> back = decode_image(encode_png(img), 'example')
+    >>> back.shape, bool(np.all(back == to_uint8(img) / np.float32(255)))  # 8-bit round trip
+    ((4, 5, 3), True)
+    >>> decode_image(b'not a png', 'lq/0001.png')
+    Traceback (most recent call last):
+    ValueError: lq/0001.png: unreadable or corrupt image
 """
 import os
 from pathlib import Path

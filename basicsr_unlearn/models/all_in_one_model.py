@@ -58,6 +58,11 @@ class AllInOneModel(SRModel):
         """Raise on unknown keys in the option blocks this model reads (called by the launchers before any work).
 
         Subclasses extend it (``super().check_options(opt)``) for their own blocks, using ``config.check_keys``.
+
+        Example:
+            >>> AllInOneModel.check_options({'val': {'metrics': {'psnr': {'type': 'calculate_psnr'}}}})
+            Traceback (most recent call last):
+            ValueError: val.metrics.psnr: calculate_psnr needs crop_border (arguments: crop_border, ...)
         """
         val = opt.get('val') or {}
         check_keys(val, VAL_KEYS, 'val')
