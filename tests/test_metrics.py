@@ -5,13 +5,16 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 from basicsr.metrics import calculate_niqe, calculate_psnr, calculate_ssim
+from helpers import tiny_workspace
 from skimage import data as skdata
 from test_all_in_one_model import make_model
 from torch.utils.data import DataLoader, Dataset
 
 from basicsr_unlearn.config import validate_options
 from basicsr_unlearn.evaluation.metrics import evaluate
+from basicsr_unlearn.models.all_in_one_model import AllInOneModel
 
 BASICSR_BLOCK = {'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
                  'ssim_y': {'type': 'calculate_ssim', 'crop_border': 2, 'test_y_channel': True, 'better': 'higher'}}
@@ -116,10 +119,19 @@ def test_validation_logs_and_records_every_metric_of_the_block(tmp_path: Path) -
     ({'metrics': BASICSR_BLOCK, 'test_y_channel': True}, r'val.test_y_channel: applies to the default PSNR/SSIM'),
     ({'metrics': []}, r'val.metrics: expected a mapping'),
 ])
-def test_bad_metric_blocks_fail_before_any_work(val: dict, message: str) -> None:
-    opt = {'model_type': 'AllInOneModel', 'val': val}
+def test_bad_metric_blocks_are_rejected_by_check_options(val: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        validate_options(opt)
+        AllInOneModel.check_options({'val': val})
+
+
+def test_metric_blocks_are_checked_in_the_validation_pass(tmp_path: Path) -> None:
+    opt = yaml.safe_load(Path(tiny_workspace(tmp_path)).read_text())
+    opt['val']['metrics'] = BASICSR_BLOCK
+    validate_options(opt, where='tiny.yml')
+    opt['val']['metrics'] = {'niqe': {'type': 'calculate_niq', 'crop_border': 0}}
+    with pytest.raises(ValueError, match=r"val.metrics.niqe.type: unknown 'calculate_niq'; expected one of "
+                                         r'calculate_niqe, calculate_psnr, calculate_psnr_pt, calculate_ssim'):
+        validate_options(opt, where='tiny.yml')
 
 
 def test_a_nan_output_is_refused_naming_the_source_and_image() -> None:
