@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from basicsr_unlearn.config import load_options
 from tests.helpers import ROOT, run_tool
 
 
@@ -17,9 +18,46 @@ def load_study():
     return module
 
 
-def row(defence: str, attack: str, drop: float, teacher: float = 0.0, student: str = 'restormer-tiny') -> dict:
-    return {'defence': defence, 'student': student, 'attack': attack,
-            'teacher_delta_psnr': {'rain': teacher, 'haze': 0.0}, 'student_drop_psnr': {'rain': drop, 'haze': drop}}
+def cell(defence: str, attack: str, drop: float, teacher: float = 0.0, student: str = 'restormer-tiny') -> dict:
+    return {'defence': defence, 'student': student, 'attack': attack, 'teacher_delta_psnr': {'rain': teacher,
+                                                                                           'haze': 0.0},
+            'drop_mean': drop, 'drop_std': 0.1}
+
+
+def test_plateau_accepts_a_flat_tail_and_rejects_a_student_still_improving():
+    study = load_study()
+    rising = [(it, 20 + 3 * (1 - 0.995 ** it)) for it in range(20, 401, 20)]  # still gains ~0.2 dB in its tail
+    converged, spread = study.plateau(rising)
+    assert not converged and spread == pytest.approx(3 * (0.995 ** 320 - 0.995 ** 400), abs=1e-6)
+    flat = [(it, 25 + (0.04 if it % 40 else 0.0)) for it in range(20, 401, 20)]
+    assert study.plateau(flat) == (True, pytest.approx(0.04))
+    assert not study.plateau([*flat[:-1], (400, 25.2)])[0]  # a late jump is not flat either
+    with pytest.raises(ValueError, match='plateau: need at least two validations in the last 20% of 100'):
+        study.plateau([(50, 20.0), (100, 21.0)])
+
+
+def test_query_photos_are_disjoint_from_the_teacher_photos(tmp_path):
+    study = load_study()
+    for name in ('clock_0', 'clock_1', 'gravel_2'):
+        (tmp_path / 'q').mkdir(exist_ok=True)
+        (tmp_path / 'q' / f'{name}.png').write_bytes(b'')
+    (tmp_path / 't').mkdir()
+    (tmp_path / 't' / 'astronaut.png').write_bytes(b'')
+    (tmp_path / 't' / 'hubble_deep_field_2.png').write_bytes(b'')
+    query = {'sources': [{'dataroot_lq': str(tmp_path / 'q')}]}
+    train = {'sources': [{'dataroot_gt': str(tmp_path / 't')}]}
+    assert study.photo_names(query) == {'clock', 'gravel'}
+    assert study.photo_names(train) == {'astronaut', 'hubble_deep_field'}
+    opt = load_options(ROOT / 'options/distill/asvp-study_promptir-tiny_demo3.yml')
+    query_roots = [s['dataroot_lq'] for s in opt['datasets']['query']['sources']]
+    assert all('/test/' in r and 'members' not in r for r in query_roots)  # held-out photos, never training pairs
+
+
+def test_verdict_needs_a_drop_above_noise():
+    study = load_study()
+    assert study.verdict({'defence': 'd', 'drop_mean': 3.0, 'drop_std': 0.5}) == 'stops'
+    assert study.verdict({'defence': 'd', 'drop_mean': 3.0, 'drop_std': 2.0}) == 'does not stop'
+    assert study.verdict({'defence': 'd', 'drop_mean': 0.5, 'drop_std': 0.0}) == 'does not stop'
 
 
 def test_center_crop_cuts_lq_and_gt_alike_and_keeps_small_images():
@@ -37,22 +75,19 @@ def test_center_crop_cuts_lq_and_gt_alike_and_keeps_small_images():
 
 def test_best_points_respect_the_teacher_budget_and_average_over_attacks():
     study = load_study()
-    results = {'defences': {d: {'block': {'k': k}} for k, d in enumerate('abcd')},
-               'students': [
-                   row('clean', 'feat', 0.0),
-                   row('a', 'feat', 3.0), row('a', 'feat+out', -0.5),   # mean 1.25
-                   row('b', 'feat', 1.0), row('b', 'feat+out', 0.4),    # mean 0.7, but a better worst case
-                   row('d', 'feat', 4.0),                               # fewer attacks run: not comparable
-                   row('c', 'feat', 9.0, teacher=-0.2), row('c', 'feat+out', 9.0, teacher=-0.2),  # breaks teacher
-                   row('b', 'feat', 5.0, student='edsr-cnn')]}          # other student arch: ignored
-    best = study.best_points(results, 'restormer-tiny')
+    cells = [cell('clean', 'feat', 0.0),
+             cell('a', 'feat', 3.0), cell('a', 'feat+out', -0.5),   # mean 1.25
+             cell('b', 'feat', 1.0), cell('b', 'feat+out', 0.4),    # mean 0.7, but a better worst case
+             cell('d', 'feat', 4.0),                                # fewer attacks run: not comparable
+             cell('c', 'feat', 9.0, teacher=-0.2), cell('c', 'feat+out', 9.0, teacher=-0.2),  # breaks the teacher
+             cell('b', 'feat', 5.0, student='edsr-cnn')]            # other student arch: ignored
+    best = study.best_points(cells, 'restormer-tiny')
     assert best['per_attack']['feat']['defence'] == 'd'
     assert best['per_attack']['feat+out']['defence'] == 'b'
     assert best['best']['defence'] == 'a'
     assert best['best']['mean_drop'] == pytest.approx(1.25)
     assert best['best']['min_mean_drop'] == pytest.approx(-0.5)
-    assert best['best']['block'] == {'k': 0}
-    assert study.best_points(results, 'restormer-tiny', max_teacher_change=-1)['best'] is None
+    assert study.best_points(cells, 'restormer-tiny', max_teacher_change=-1)['best'] is None
 
 
 @pytest.mark.slow
@@ -60,7 +95,7 @@ def test_quick_study_writes_report(demo_root, tmp_path):
     cwd = demo_root.parents[1]
     out = tmp_path / 'asvp'
     proc = run_tool('asvp_study.py', ['--opt', str(ROOT / 'options/distill/asvp-study_promptir-tiny_demo3.yml'),
-                                      '--quick', '--teacher-iters', '2', '--iters', '1', '--batch', '2',
+                                      '--quick', '--teacher-iters', '2', '--iters', '5', '--batch', '2',
                                       '--patch', '32', '--out', str(out)], cwd=cwd, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / 'report.json').read_text())
@@ -69,13 +104,17 @@ def test_quick_study_writes_report(demo_root, tmp_path):
     assert (out / 'frontier.png').stat().st_size > 0
     tasks = set(report['teacher_clean'])
     assert tasks == {'noise15', 'noise25', 'noise50', 'rain', 'haze'}
-    assert {r['student'] for r in report['students']} == {'restormer-tiny', 'edsr-cnn'}
-    assert {r['attack'] for r in report['students']} == {'out', 'feat', 'feat+out', 'inverse+feat+out'}
+    assert {c['attack'] for c in report['cells']} == set(load_study().ATTACKS)
+    assert {c['defence'] for c in report['cells']} == {'clean', 'exposed/channel_map/decoder_level1/k2h8'}
+    assert report['query_photos'] and not set(report['query_photos']) & {'astronaut', 'coffee', 'camera'}
     for label, d in report['defences'].items():
         assert d['ms_per_image'] > 0 and d['overhead_ratio'] > 0
         assert d['output_bit_identical'] == (d['block']['mode'] == 'exposed'), label
-    for r in report['students']:
-        assert set(r['student_drop_psnr']) == tasks
-        if r['derived_from_clean']:
-            assert all(v == 0 for v in r['student_drop_psnr'].values())
+    for r in report['students_runs']:
+        assert [it for it, _ in r['curve']] == [1, 2, 3, 4, 5] and isinstance(r['converged'], bool)
+    for c in report['cells']:
+        assert set(c['drop_per_task']) == tasks
+        if c['derived_from_clean'] or c['defence'] == 'clean':
+            assert c['drop_mean'] == 0
     assert report['best']['best']['defence'] in report['defences']
+    assert 'Converged students (val PSNR within 0.1 dB over the last 20% of iterations)' in md

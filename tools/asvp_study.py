@@ -1,30 +1,38 @@
-"""ASVP defence study: teacher PSNR change vs student PSNR drop over defences x attacks x students, in one process.
+"""ASVP defence study: teacher PSNR change vs student PSNR drop over defences x attacks x students x seeds.
 
 Usage:
     OMP_NUM_THREADS=1 python tools/asvp_study.py --quick --opt options/distill/asvp-study_promptir-tiny_demo3.yml \
         --teacher experiments/train_promptir-tiny_demo3_l1_2kit/models/net_g_latest.pth --out results/demo/asvp
 
-``--opt`` gives the teacher arch (``network_g``), the train set (``datasets.train``; its GT is never used by the
-students) and the evaluation sets (every other ``datasets`` entry, one per task). Without ``--teacher`` a teacher is
-trained first in this process (``--teacher-iters``, L1 on the train set). Every student run uses DistillModel with the
-same seed, data order and initialisation, so a student drop is the defence's effect alone. Output-only KD against an
-exposed-mode defence is not run: the teacher's outputs are bit-identical (checked here), so its student is the
-clean-teacher student, and the table says so. Writes ``report.json``, ``report.md`` (table, best points, a link to
-the PNG) and ``frontier.png`` under ``--out``.
+``--opt`` gives the teacher arch (``network_g``), the teacher's train set (``datasets.train``, only used to train a
+teacher when ``--teacher`` is absent), the attacker's query images (``datasets.query``: photos the teacher never
+saw, checked disjoint from the train set by photo name; their GT is never used) and the evaluation sets (every other
+``datasets`` entry, one per task). Each student (a DistillModel with a registered attack, ``basicsr_unlearn/attacks``)
+is validated every ``val_every`` iterations; it counts as converged when its mean val PSNR stays within 0.1 dB over
+its last 20% of iterations (:func:`plateau`, recorded per student). A student drop is paired by seed: the student
+distilled by the same attack, seed, initialisation and data order from the clean teacher, minus the one from the
+protected teacher; cells report mean +- std over seeds. Output-only KD against an exposed-mode defence is not
+trained: the teacher's outputs are bit-identical (checked), so it is the clean-teacher student.
 
-Speed (one BLAS thread, ``--threads 1`` is the default): every model is evaluated on centre crops of the val images
-(``--eval-crop``, quick 64 px) in batches, hook overhead is timed on at most 8 of them (clean and protected forward
-interleaved), and the quick preset trains ~14 students (restormer-tiny against every attack, edsr-cnn as a cross-check
-on the clean and the randomised defence): about 4 min wall at 60 student iterations on one loaded core. ``--full``
-sweeps 40 defences and trains 270 students (both archs, every attack) x 600 iterations, evaluated on whole images:
-about 12 h on one core at ~0.27 s per student iteration (batch 4, 48 px); it need not run on the demo machine.
+Presets (one BLAS thread per worker; ``--workers 2`` uses both cores):
+
+- ``--quick`` (the demo, <= 5 min): 1 seed, the shipped defence, every attack, 60 iterations (students NOT converged,
+  the report says so), 64-px val crops.
+- ``--standard`` (<= 60 min on 2 cores with ``--workers 2``): 3 seeds, the shipped and the randomised defence,
+  every attack, 400 iterations, whole val images; the numbers the README quotes.
+- ``--full``: 3 seeds, 16 defences (both layouts, both modes, latent too), both student archs, 800 iterations.
+
+Writes ``report.json``, ``report.md`` (tables, verdict per attack, the best defence) and ``frontier.png``.
 """
 import argparse
 import copy
 import itertools
+import multiprocessing
 import statistics
 import time
+from dataclasses import dataclass
 from os import path as osp
+from pathlib import Path
 
 # isort: off
 import basicsr_unlearn  # noqa: F401  (plugin first: torchvision alias, registration)
@@ -36,45 +44,104 @@ from basicsr.utils import set_random_seed
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm import tqdm
 
-from basicsr_unlearn.config import load_options
+from basicsr_unlearn.config import inprocess_options, load_options
 from basicsr_unlearn.evaluation.metrics import evaluate
 from basicsr_unlearn.evaluation.report import markdown_table, scatter_chart
 from basicsr_unlearn.fileio import write_json, write_text
 
-STUDENTS = {
+STUDENTS = {  # name: (arch, {role: module}) with roles: tap (matched to the protected tap), early, other
     'restormer-tiny': ({'type': 'Restormer', 'inp_channels': 3, 'out_channels': 3, 'dim': 8,
                         'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1, 'heads': [1, 1, 2, 2],
-                        'ffn_expansion_factor': 2.66, 'bias': False, 'LayerNorm_type': 'WithBias'}, 'same'),
+                        'ffn_expansion_factor': 2.66, 'bias': False, 'LayerNorm_type': 'WithBias'},
+                       {'tap': 'decoder_level1', 'early': 'encoder_level1', 'other': 'decoder_level2'}),
     'edsr-cnn': ({'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 24, 'num_block': 4, 'upscale': 1,
-                  'img_range': 1.0, 'rgb_mean': [0.5, 0.5, 0.5]}, 'body.3'),
+                  'img_range': 1.0, 'rgb_mean': [0.5, 0.5, 0.5]},
+                 {'tap': 'body.3', 'early': 'body.0', 'other': 'body.1'}),
 }
-ATTACKS = {  # name: (output KD weight, feature KD weight, attack)
-    'out': (1.0, 0.0, None),
-    'feat': (0.0, 1.0, None),
-    'feat+out': (1.0, 1.0, None),
-    'inverse+feat+out': (1.0, 1.0, 'inverse_asvp'),
+UNPROTECTED_TEACHER_TAP = 'decoder_level2'  # a teacher layer the studied defences do not hook
+ATTACKS = ('out', 'feat', 'feat+out', 'inverse+feat+out', 'whiten+feat+out', 'lowpass+feat+out', 'skeptical',
+           'unprotected-feat+out')
+SHIPPED = {'targets': ['decoder_level1'], 'k': 2, 'h': 8.0, 'layout': 'channel_map', 'mode': 'exposed'}
+RANDOMISED = {'targets': ['decoder_level1'], 'layout': 'channel_map', 'mode': 'exposed',
+              'randomize': {'k': [1, 4], 'h': [2.0, 16.0]}, 'seed': 1234}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Budget of one study preset."""
+
+    iters: int
+    seeds: int
+    val_every: int
+    eval_crop: int  # centre crop (px) of val images, 0 = whole
+    students: tuple[str, ...]
+
+
+PRESETS = {
+    'quick': Preset(iters=60, seeds=1, val_every=10, eval_crop=64, students=('restormer-tiny',)),
+    'standard': Preset(iters=400, seeds=3, val_every=20, eval_crop=0, students=('restormer-tiny',)),
+    'full': Preset(iters=800, seeds=3, val_every=40, eval_crop=0, students=tuple(STUDENTS)),
 }
 
 
 def defence_grid(preset: str) -> list[dict]:
-    """ASVP blocks swept by the preset (``None``-free; the clean teacher is always run too)."""
+    """ASVP blocks swept by the preset (the clean teacher is always run too)."""
     if preset == 'quick':
-        return [
-            {'targets': ['decoder_level1'], 'k': 2, 'h': 8.0, 'layout': 'channel_map', 'mode': 'exposed'},
-            {'targets': ['decoder_level1'], 'layout': 'channel_map', 'mode': 'exposed',
-             'randomize': {'k': [1, 4], 'h': [2.0, 16.0]}, 'seed': 1234},
-            {'targets': ['decoder_level1'], 'k': 1, 'h': 1.5, 'layout': 'channel_space', 'mode': 'inline'},
-        ]
+        return [SHIPPED]
+    if preset == 'standard':
+        return [SHIPPED, RANDOMISED]
     grid = []
-    for target, layout, (k, h) in itertools.product(['decoder_level1', 'latent'], ['channel_space', 'channel_map'],
-                                                   [(1, 2.0), (2, 4.0), (2, 8.0), (4, 8.0), (8, 8.0), (4, 32.0)]):
-        grid.append({'targets': [target], 'k': k, 'h': h, 'layout': layout, 'mode': 'exposed'})
     for target, layout in itertools.product(['decoder_level1', 'latent'], ['channel_space', 'channel_map']):
-        grid.append({'targets': [target], 'layout': layout, 'mode': 'exposed',
-                     'randomize': {'k': [1, 4], 'h': [2.0, 16.0]}, 'seed': 1234})
-        for h in (1.1, 1.5, 2.0):
-            grid.append({'targets': [target], 'k': 1, 'h': h, 'layout': layout, 'mode': 'inline'})
-    return grid
+        grid += [{'targets': [target], 'k': k, 'h': h, 'layout': layout, 'mode': 'exposed'}
+                 for k, h in ((1, 2.0), (2, 8.0), (4, 32.0))]
+        grid.append({**RANDOMISED, 'targets': [target], 'layout': layout})
+    return grid + [{'targets': ['decoder_level1'], 'k': 1, 'h': h, 'layout': layout, 'mode': 'inline'}
+                   for h in (1.1, 1.5) for layout in ('channel_space', 'channel_map')]
+
+
+def attack_block(attack: str, student: str, block: dict | None) -> dict:
+    """The ``distill:`` block of one study attack for ``student`` against the teacher protected by ``block``."""
+    roles = STUDENTS[student][1]
+    t_tap = block['targets'][0] if block else SHIPPED['targets'][0]
+    layout = block['layout'] if block else SHIPPED['layout']  # the attacker's guess of the layout
+    taps = [[roles['tap'], t_tap]]
+    return {
+        'out': {'type': 'KD', 'output_weight': 1.0},
+        'feat': {'type': 'KD', 'output_weight': 0.0, 'feature_weight': 1.0, 'taps': taps},
+        'feat+out': {'type': 'KD', 'feature_weight': 1.0, 'taps': taps},
+        'inverse+feat+out': {'type': 'InverseASVPKD', 'layout': layout, 'taps': taps},
+        'whiten+feat+out': {'type': 'SpectrumKD', 'layout': layout, 'power': 0.0, 'taps': taps},
+        'lowpass+feat+out': {'type': 'LowPassKD', 'sigma': 2.0, 'taps': taps},
+        'skeptical': {'type': 'SkepticalKD', 'aux': roles['early'], 'taps': [[roles['early'], t_tap]]},
+        'unprotected-feat+out': {'type': 'KD', 'feature_weight': 1.0,
+                                 'taps': [[roles['other'], UNPROTECTED_TEACHER_TAP]]},
+    }[attack]
+
+
+def plateau(curve: list[tuple[int, float]], tail: float = 0.2, tol: float = 0.1) -> tuple[bool, float]:
+    """Convergence check: is the val PSNR flat within ``tol`` dB over the last ``tail`` of the iterations?
+
+    Args:
+        curve: ``[(iteration, val PSNR), ...]`` in iteration order (at least two points in the tail).
+        tail: fraction of the last iteration that forms the tail.
+        tol: largest allowed max - min of the PSNRs in the tail (dB).
+
+    Returns:
+        ``(converged, tail range in dB)``.
+
+    Example:
+        >>> plateau([(10, 20.0), (20, 24.0), (80, 25.00), (90, 25.05), (100, 25.02)])
+        (True, 0.05)
+        >>> plateau([(10, 20.0), (80, 24.0), (90, 24.3), (100, 24.6)])[0]
+        False
+    """
+    last = curve[-1][0]
+    values = [psnr for it, psnr in curve if it >= (1 - tail) * last]
+    if len(values) < 2:
+        raise ValueError(f'plateau: need at least two validations in the last {tail:.0%} of {last} iterations, got '
+                         f'{len(values)}; validate more often')
+    spread = round(max(values) - min(values), 6)
+    return spread <= tol, spread
 
 
 class CenterCrop(Dataset):
@@ -96,6 +163,17 @@ class CenterCrop(Dataset):
         return item
 
 
+def photo_names(block: dict) -> set[str]:
+    """Photo names behind a MixedDegradationDataset block (file stems without a ``_<version>`` suffix)."""
+    names = set()
+    for source in block.get('sources', []):
+        for key in ('dataroot_lq', 'dataroot_gt'):
+            if source.get(key) and osp.isdir(source[key]):
+                names |= {p.stem.rsplit('_', 1)[0] if p.stem.rsplit('_', 1)[-1].isdigit() else p.stem
+                          for p in Path(source[key]).iterdir()}
+    return names
+
+
 def defence_label(block: dict | None) -> str:
     if block is None:
         return 'clean'
@@ -103,23 +181,16 @@ def defence_label(block: dict | None) -> str:
     return f"{block['mode']}/{block['layout']}/{block['targets'][0]}/{params}"
 
 
-def model_options(tmp: str, name: str, network_g: dict, is_train: bool, iters: int = 1, **extra) -> dict:
-    """Options as BasicSR's ``parse_options`` leaves them (CPU, one process) for an in-process model."""
-    opt = {'name': name, 'model_type': extra.pop('model_type', 'AllInOneModel'), 'scale': 1, 'num_gpu': 0,
-           'is_train': is_train, 'dist': False, 'rank': 0, 'world_size': 1, 'manual_seed': 0,
+def model_options(work: str, name: str, network_g: dict, is_train: bool, iters: int = 1, lr: float = 1e-3,
+                  **extra) -> dict:
+    """In-process options of a study model (cosine LR from ``lr`` to ``lr / 10``: the tail still learns)."""
+    path = extra.pop('path', {})
+    opt = {'name': name, 'model_type': extra.pop('model_type', 'AllInOneModel'), 'scale': 1, 'manual_seed': 0,
            'network_g': network_g, 'val': {'pad_multiple': 8},
-           'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None,
-                    **{k: osp.join(tmp, name, k) for k in ('models', 'training_states', 'log', 'visualization',
-                                                           'experiments_root')}},
-           'train': {'optim_g': {'type': 'AdamW', 'lr': 1e-3, 'weight_decay': 0.0, 'betas': [0.9, 0.999]},
-                     'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [iters], 'eta_min': 1e-5},
-                     'total_iter': iters, 'warmup_iter': -1}}
-    for key, value in extra.items():
-        if key == 'path':
-            opt['path'].update(value)
-        else:
-            opt[key] = value
-    return opt
+           'train': {'optim_g': {'type': 'AdamW', 'lr': lr, 'weight_decay': 0.0, 'betas': [0.9, 0.999]},
+                     'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [iters], 'eta_min': lr / 10},
+                     'total_iter': iters, 'warmup_iter': -1}, **extra}
+    return inprocess_options(opt, osp.join(work, name), is_train, **path)
 
 
 def batches(dataset, batch_size: int, seed: int):
@@ -129,24 +200,18 @@ def batches(dataset, batch_size: int, seed: int):
         yield from DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=generator)
 
 
-def train(model, dataset, iters: int, batch_size: int, desc: str) -> None:
-    """``iters`` optimisation steps of ``model`` (feed_data / optimize_parameters / LR update) on ``dataset``."""
-    stream = batches(dataset, batch_size, seed=0)
-    for it in tqdm(range(1, iters + 1), desc=desc, leave=False):
-        model.update_learning_rate(it, -1)
-        model.feed_data(next(stream))
-        model.optimize_parameters(it)
-
-
 def per_task(model, loader: DataLoader) -> dict[str, dict[str, float]]:
     """``{task: {'psnr', 'ssim'}}`` of ``model.restore`` over the evaluation set (all tasks in one loader)."""
     return {de_name: {'psnr': m['psnr'], 'ssim': m['ssim']}
             for de_name, m in evaluate(model.restore, loader)['per_degradation'].items()}
 
 
+def mean_psnr(metrics: dict) -> float:
+    return statistics.fmean(m['psnr'] for m in metrics.values())
+
+
 def time_pair(model, base, images: list[torch.Tensor], repeats: int = 3) -> tuple[float, float]:
-    """Best-of-``repeats`` ms per image of ``model.restore`` and ``base.restore``, timed interleaved image by image
-    so that load from other processes hits both alike."""
+    """Best-of-``repeats`` ms per image of ``model.restore`` and ``base.restore``, interleaved image by image."""
     best = [float('inf'), float('inf')]
     for _ in range(repeats):
         spent = [0.0, 0.0]
@@ -159,34 +224,125 @@ def time_pair(model, base, images: list[torch.Tensor], repeats: int = 3) -> tupl
     return best[0], best[1]
 
 
-def mean_drop(row: dict) -> float:
-    """Mean student PSNR drop over the tasks of one study row."""
-    return statistics.fmean(row['student_drop_psnr'].values())
+CONTEXT: dict = {}  # set by main() before the workers fork: data sets, loaders, teacher, preset
 
 
-def best_points(results: dict, student: str, max_teacher_change: float = 0.1) -> dict:
+def train_student(run: tuple) -> dict:
+    """Train one student (``(label, block, student, attack, seed)``) with validations; its row of the study."""
+    label, block, student, attack, seed = run
+    ctx, started = CONTEXT, time.perf_counter()
+    torch.set_num_threads(1)
+    preset: Preset = ctx['preset']
+    set_random_seed(seed)
+    model = build_model(model_options(
+        ctx['work'], f'student_{seed}', copy.deepcopy(STUDENTS[student][0]), True, preset.iters,
+        model_type='DistillModel', network_teacher=ctx['teacher_block'],
+        distill=attack_block(attack, student, block), asvp=block,
+        path={'pretrain_network_teacher': ctx['teacher_path']}))
+    stream, curve = batches(ctx['query_set'], ctx['batch'], seed=seed), []
+    for it in range(1, preset.iters + 1):
+        model.update_learning_rate(it, -1)
+        model.feed_data(next(stream))
+        model.optimize_parameters(it)
+        if it % preset.val_every == 0 or it == preset.iters:
+            curve.append((it, mean_psnr(per_task(model, ctx['curve_loader']))))
+    converged, spread = plateau(curve)
+    return {'defence': label, 'student': student, 'attack': attack, 'seed': seed, 'derived_from_clean': False,
+            'metrics': per_task(model, ctx['val_loader']), 'curve': curve, 'converged': converged,
+            'tail_range_db': spread, 'seconds': time.perf_counter() - started}
+
+
+def summarise(rows: list[dict], defences: dict, teacher_clean: dict) -> list[dict]:
+    """Cells (defence, student, attack) with mean +- std over seeds of student PSNR and of the paired drop."""
+    clean = {(r['student'], r['attack'], r['seed']): r for r in rows if r['defence'] == 'clean'}
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        cells.setdefault((r['defence'], r['student'], r['attack']), []).append(r)
+    out = []
+    for (label, student, attack), runs in cells.items():
+        drops = [mean_psnr(clean[student, attack, r['seed']]['metrics']) - mean_psnr(r['metrics']) for r in runs]
+        psnrs = [mean_psnr(r['metrics']) for r in runs]
+        teacher = defences.get(label, {}).get('teacher', teacher_clean)
+        out.append({
+            'defence': label, 'student': student, 'attack': attack, 'seeds': [r['seed'] for r in runs],
+            'teacher_delta_psnr': {t: teacher[t]['psnr'] - teacher_clean[t]['psnr'] for t in teacher_clean},
+            'student_psnr_mean': statistics.fmean(psnrs), 'student_psnr_std': std(psnrs),
+            'drop_mean': statistics.fmean(drops), 'drop_std': std(drops),
+            'drop_per_task': {t: statistics.fmean(clean[student, attack, r['seed']]['metrics'][t]['psnr']
+                                                  - r['metrics'][t]['psnr'] for r in runs) for t in teacher_clean},
+            'converged': sum(r['converged'] for r in runs), 'derived_from_clean': runs[0]['derived_from_clean']})
+    return out
+
+
+def std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def verdict(cell: dict, min_drop: float = 1.0) -> str:
+    """``stops`` when the mean drop is >= ``min_drop`` dB and more than two standard deviations above 0."""
+    if cell['defence'] == 'clean':
+        return '-'
+    return 'stops' if cell['drop_mean'] >= min_drop and cell['drop_mean'] > 2 * cell['drop_std'] else 'does not stop'
+
+
+def best_points(cells: list[dict], student: str, max_teacher_change: float = 0.1) -> dict:
     """Best defences whose teacher PSNR change is within ``max_teacher_change`` dB on every task.
 
     Returns:
-        ``{'per_attack': {attack: row}, 'best': {defence, block, mean_drop, min_mean_drop, per_attack}}``: the row
-        with the largest mean student drop for each attack, and the defence (run against the most attacks) with the
-        largest student drop averaged over its attacks, the one to ship; ``min_mean_drop`` is its weakest attack.
+        ``{'per_attack': {attack: cell}, 'best': {defence, mean_drop, min_mean_drop, per_attack}}``: the cell with
+        the largest mean drop for each attack, and the defence (run against the most attacks) with the largest drop
+        averaged over its attacks, the one to ship; ``min_mean_drop`` is its weakest attack.
     """
-    rows = [r for r in results['students'] if r['student'] == student and r['defence'] != 'clean'
-            and max(abs(v) for v in r['teacher_delta_psnr'].values()) <= max_teacher_change]
+    rows = [c for c in cells if c['student'] == student and c['defence'] != 'clean'
+            and max(abs(v) for v in c['teacher_delta_psnr'].values()) <= max_teacher_change]
     per_attack = {}
-    for r in rows:
-        if r['attack'] not in per_attack or mean_drop(r) > mean_drop(per_attack[r['attack']]):
-            per_attack[r['attack']] = r
+    for c in rows:
+        if c['attack'] not in per_attack or c['drop_mean'] > per_attack[c['attack']]['drop_mean']:
+            per_attack[c['attack']] = c
     by_defence: dict[str, dict[str, float]] = {}
-    for r in rows:
-        by_defence.setdefault(r['defence'], {})[r['attack']] = mean_drop(r)
+    for c in rows:
+        by_defence.setdefault(c['defence'], {})[c['attack']] = c['drop_mean']
     full = [d for d, drops in by_defence.items() if len(drops) == max(map(len, by_defence.values()))]
     best = max(full, key=lambda d: statistics.fmean(by_defence[d].values()), default=None)
     return {'per_attack': per_attack, 'best': best and {
-        'defence': best, 'block': results['defences'][best]['block'],
-        'mean_drop': statistics.fmean(by_defence[best].values()), 'min_mean_drop': min(by_defence[best].values()),
-        'per_attack': by_defence[best]}}
+        'defence': best, 'mean_drop': statistics.fmean(by_defence[best].values()),
+        'min_mean_drop': min(by_defence[best].values()), 'per_attack': by_defence[best]}}
+
+
+def report_markdown(results: dict) -> str:
+    """The study's markdown: setup, verdict per attack for the best defence, all cells."""
+    cells, tasks = results['cells'], sorted(results['teacher_clean'])
+    fmt = lambda m, s: f'{m:+.2f} ± {s:.2f}'  # noqa: E731
+    rows = [[c['defence'], c['student'], c['attack'] + (' (= clean, bit-identical)' if c['derived_from_clean'] else ''),
+             f"{statistics.fmean(c['teacher_delta_psnr'].values()):+.2f}",
+             f"{c['student_psnr_mean']:.2f} ± {c['student_psnr_std']:.2f}", fmt(c['drop_mean'], c['drop_std']),
+             ' '.join(f"{c['drop_per_task'][t]:+.2f}" for t in tasks), f"{c['converged']}/{len(c['seeds'])}",
+             verdict(c)] for c in cells]
+    best = results['best']['best']
+    best_text = ('none (no defence within 0.1 dB teacher change)' if best is None else
+                 f"`{best['defence']}`: student drop {best['mean_drop']:+.2f} dB averaged over attacks, "
+                 f"{best['min_mean_drop']:+.2f} dB under its weakest attack")
+    verdicts = [[c['attack'], fmt(c['drop_mean'], c['drop_std']), verdict(c)] for c in cells
+                if best and c['defence'] == best['defence'] and c['student'] == results['students'][0]]
+    n_students = sum(1 for r in results['students_runs'] if not r['derived_from_clean'])
+    n_converged = sum(r['converged'] for r in results['students_runs'] if not r['derived_from_clean'])
+    clean_text = ', '.join(f"{t} {m['psnr']:.2f}" for t, m in results['teacher_clean'].items())
+    return (f"# ASVP study ({results['preset']}: {results['iters']} student iterations, seeds "
+            f"{results['seeds']}, PSNR on RGB, dB)\n\n"
+            f"Teacher `{results['teacher']}`; clean teacher PSNR: {clean_text}. Attacker queries: "
+            f"{results['query_images']} degraded photos the teacher never saw ({', '.join(results['query_photos'])}); "
+            f"evaluation on {results['eval']} of the val sets. Converged students (val PSNR within 0.1 dB over the "
+            f"last 20% of iterations): {n_converged}/{n_students}. Drop = PSNR (mean over tasks) of the student "
+            f"distilled by the same attack and seed from the clean teacher minus that from the protected teacher "
+            f"(positive = the defence hurts the student); mean ± std over seeds; `stops` = drop >= 1 dB and > 2 std. "
+            f"Unprotected forward {results['clean_ms_per_image']:.1f} ms/img; study runtime "
+            f"{results['runtime_s'] / 60:.1f} min.\n\n"
+            f"## Verdict per attack, best defence within 0.1 dB teacher change\n\nBest defence: {best_text}\n\n"
+            + markdown_table(['attack', 'drop (dB)', 'verdict'], verdicts)
+            + '\n\n## All cells\n\n'
+            + markdown_table(['defence', 'student', 'attack', 'teacher dPSNR', 'student PSNR', 'drop',
+                              f'drop per task ({" ".join(tasks)})', 'converged', 'verdict'], rows)
+            + '\n\n![frontier](frontier.png)\n')
 
 
 def main() -> None:  # noqa: C901  (one linear script)
@@ -194,41 +350,55 @@ def main() -> None:  # noqa: C901  (one linear script)
     parser.add_argument('--opt', required=True, help='YAML with the teacher arch (network_g) and datasets')
     parser.add_argument('--teacher', help='teacher checkpoint ({params: ...}); trained here when absent')
     parser.add_argument('--teacher-iters', type=int, default=600)
-    preset = parser.add_mutually_exclusive_group()
-    preset.add_argument('--quick', action='store_const', dest='preset', const='quick')
-    preset.add_argument('--full', action='store_const', dest='preset', const='full')
-    parser.add_argument('--iters', type=int, help='student iterations (default: quick 60, full 600)')
+    choice = parser.add_mutually_exclusive_group()
+    for name in PRESETS:
+        choice.add_argument(f'--{name}', action='store_const', dest='preset', const=name)
+    parser.add_argument('--iters', type=int, help='student iterations (default: the preset\'s)')
+    parser.add_argument('--seeds', type=int, help='seeds per cell (default: the preset\'s)')
     parser.add_argument('--batch', type=int, default=4)
     parser.add_argument('--patch', type=int, default=48)
-    parser.add_argument('--eval-crop', type=int, help='centre crop (px) of val images, 0 = whole (quick 64, full 0)')
-    parser.add_argument('--threads', type=int, default=1, help='torch intra-op threads (default 1)')
+    parser.add_argument('--workers', type=int, default=1, help='student runs in parallel, one thread each')
     parser.add_argument('--out', default='results/asvp_study')
     args = parser.parse_args()
     args.preset = args.preset or 'quick'
-    iters = args.iters or (60 if args.preset == 'quick' else 600)
-    crop = args.eval_crop if args.eval_crop is not None else (64 if args.preset == 'quick' else 0)
-    torch.set_num_threads(args.threads)
+    preset = PRESETS[args.preset]
+    preset = Preset(args.iters or preset.iters, args.seeds or preset.seeds,
+                    min(preset.val_every, max(1, (args.iters or preset.iters) // 6)), preset.eval_crop,
+                    preset.students)
+    torch.set_num_threads(1)
     started = time.perf_counter()
 
     opt = load_options(args.opt)
-    teacher_block = opt['network_g']
-    train_opt = {**opt['datasets']['train'], 'phase': 'train', 'gt_size': args.patch, 'dataset_enlarge_ratio': 1,
-                 'scale': 1}
-    train_set = build_dataset(train_opt)
-    val_sets = [CenterCrop(build_dataset({**block, 'phase': 'val', 'scale': 1}), crop)
-                for phase, block in opt['datasets'].items() if phase != 'train']
+    blocks = dict(opt['datasets'])
+    if 'query' not in blocks:
+        raise ValueError(f'{args.opt}: datasets.query: expected the attacker\'s query images (photos the teacher '
+                         'never saw)')
+    query_block, train_block = blocks.pop('query'), blocks.pop('train')
+    shared = photo_names(query_block) & photo_names(train_block)
+    if shared:
+        raise ValueError(f'{args.opt}: datasets.query: photos {sorted(shared)} are also in datasets.train; the '
+                         'attacker must query photos the teacher never saw')
+    query_set = build_dataset({**query_block, 'phase': 'train', 'gt_size': args.patch, 'scale': 1})
+    val_sets = [CenterCrop(build_dataset({**block, 'phase': 'val', 'scale': 1}), preset.eval_crop)
+                for block in blocks.values()]
     if not val_sets:
-        raise ValueError(f'{args.opt}: datasets needs at least one val set besides datasets.train')
-    val_loader = DataLoader(ConcatDataset(val_sets), batch_size=8 if crop else 1)
+        raise ValueError(f'{args.opt}: datasets needs at least one val set besides datasets.train and datasets.query')
+    val_loader = DataLoader(ConcatDataset(val_sets), batch_size=8 if preset.eval_crop else 1)
+    curve_sets = [CenterCrop(build_dataset({**block, 'phase': 'val', 'scale': 1}), 64) for block in blocks.values()]
     timing_images = [val_sets[i % len(val_sets)][i // len(val_sets)]['lq'][None] for i in range(8)
                      if i // len(val_sets) < len(val_sets[i % len(val_sets)])]
     work = osp.join(args.out, 'runs')
 
-    teacher_path = args.teacher
+    teacher_block, teacher_path = opt['network_g'], args.teacher
     if teacher_path is None:
         set_random_seed(0)
         teacher = build_model(model_options(work, 'teacher', teacher_block, True, args.teacher_iters))
-        train(teacher, train_set, args.teacher_iters, args.batch * 2, 'teacher (L1 on GT)')
+        stream = batches(build_dataset({**train_block, 'phase': 'train', 'gt_size': args.patch, 'scale': 1}),
+                         args.batch * 2, 0)
+        for it in tqdm(range(1, args.teacher_iters + 1), desc='teacher (L1 on GT)', leave=False):
+            teacher.update_learning_rate(it, -1)
+            teacher.feed_data(next(stream))
+            teacher.optimize_parameters(it)
         teacher.save_network(teacher.net_g, 'net_g', -1)
         teacher_path = osp.join(work, 'teacher', 'models', 'net_g_latest.pth')
     elif not osp.isfile(teacher_path):
@@ -242,110 +412,51 @@ def main() -> None:  # noqa: C901  (one linear script)
     teacher_clean = per_task(clean_teacher, val_loader)
     probe = timing_images[0]
     clean_probe = clean_teacher.restore(probe)
-
     defences = [None, *defence_grid(args.preset)]
-    students = list(STUDENTS) if args.preset == 'full' else ['restormer-tiny']
-    runs = []
-    for block in defences:
-        label = defence_label(block)
-        for student in students:
-            for attack in ATTACKS:
-                if block is None and attack == 'inverse+feat+out':
-                    continue
-                if args.preset == 'quick' and block is not None and block['mode'] == 'inline' and attack != 'out':
-                    continue
-                runs.append((label, block, student, attack))
-    if args.preset == 'quick':  # the second student arch on the baseline and the strongest exposed setting
-        second = 'edsr-cnn'
-        runs += [(defence_label(b), b, second, attack) for b in (None, defences[2]) for attack in ('feat', 'feat+out')]
-
-    results = {'teacher_clean': teacher_clean, 'defences': {}, 'students': [], 'iters': iters, 'preset': args.preset,
-               'teacher': teacher_path, 'metric_space': 'RGB', 'eval_crop': crop, 'timing_images': len(timing_images)}
+    results = {'preset': args.preset, 'iters': preset.iters, 'seeds': list(range(preset.seeds)),
+               'students': list(preset.students), 'teacher': teacher_path, 'teacher_clean': teacher_clean,
+               'metric_space': 'RGB', 'defences': {}, 'query_images': len(query_set),
+               'query_photos': sorted(photo_names(query_block)),
+               'eval': f'{preset.eval_crop}-px centre crops' if preset.eval_crop else 'whole images'}
     base_times = []
     for block in defences[1:]:
         model = teacher_model(block)
         ms, base_ms = time_pair(model, clean_teacher, timing_images)
         base_times.append(base_ms)
-        identical = bool(torch.equal(model.restore(probe), clean_probe))
         results['defences'][defence_label(block)] = {
-            'block': block, 'teacher': per_task(model, val_loader), 'ms_per_image': ms,
-            'overhead_ratio': ms / base_ms, 'output_bit_identical': identical}
-    clean_ms = min(base_times, default=float('nan'))
-    results['clean_ms_per_image'] = clean_ms
+            'block': block, 'teacher': per_task(model, val_loader), 'ms_per_image': ms, 'overhead_ratio': ms / base_ms,
+            'output_bit_identical': bool(torch.equal(model.restore(probe), clean_probe))}
+    results['clean_ms_per_image'] = min(base_times, default=float('nan'))
 
-    students_clean: dict = {}
-    for label, block, student, attack in tqdm(runs, desc='distillation runs'):
-        exposed_out = block is not None and block['mode'] == 'exposed' and attack == 'out'
-        if exposed_out and results['defences'][label]['output_bit_identical']:
-            metrics, derived = students_clean[(student, 'out')], True
-        else:
-            arch, tap = STUDENTS[student]
-            t_tap = block['targets'][0] if block else 'decoder_level1'
-            out_w, feat_w, attacker = ATTACKS[attack]
-            distill = {'output_weight': out_w, 'feature_weight': feat_w,
-                       'taps': [[t_tap if tap == 'same' else tap, t_tap]], 'attack': attacker,
-                       'attack_opt': {'layout': block['layout']} if attacker and block else {}}
-            set_random_seed(0)
-            model = build_model(model_options(
-                work, 'student', copy.deepcopy(arch), True, iters, model_type='DistillModel',
-                network_teacher=teacher_block, distill=distill, asvp=block,
-                path={'pretrain_network_teacher': teacher_path}))
-            train(model, train_set, iters, args.batch, f'{student} {attack} {label}')
-            metrics, derived = per_task(model, val_loader), False
-        if block is None:
-            students_clean[(student, attack)] = metrics
-        base = students_clean[(student, attack.removeprefix('inverse+'))]
-        t_delta = {task: results['defences'][label]['teacher'][task]['psnr'] - teacher_clean[task]['psnr']
-                   for task in teacher_clean} if block else {task: 0.0 for task in teacher_clean}
-        results['students'].append({
-            'defence': label, 'student': student, 'attack': attack, 'derived_from_clean': derived,
-            'metrics': metrics, 'teacher_delta_psnr': t_delta,
-            'student_drop_psnr': {task: base[task]['psnr'] - metrics[task]['psnr'] for task in metrics}})
-        write_json(osp.join(args.out, 'report.json'), results)
-
-    rows, points = [], []
-    for r in results['students']:
-        d = results['defences'].get(r['defence'], {})
-        tasks = sorted(r['metrics'])
-        rows.append([r['defence'], r['student'], r['attack'] + (' (=clean, bit-identical)' if r['derived_from_clean']
-                                                                 else ''),
-                     ' '.join(f"{r['teacher_delta_psnr'][t]:+.2f}" for t in tasks),
-                     ' '.join(f"{r['metrics'][t]['psnr']:.2f}" for t in tasks),
-                     ' '.join(f"{r['student_drop_psnr'][t]:+.2f}" for t in tasks),
-                     f"{d.get('ms_per_image', clean_ms):.1f}", f"{d.get('overhead_ratio', 1.0):.2f}"])
-        if r['defence'] != 'clean':
-            for t in tasks:
-                points.append({'x': r['teacher_delta_psnr'][t], 'y': r['student_drop_psnr'][t], 'group': t,
-                               'label': f"{r['attack']}|{r['defence'].split('/')[1][8:]}|{r['student'][:4]}"})
-    tasks = ' '.join(sorted(teacher_clean))
-    clean_text = ', '.join(f"{t} {m['psnr']:.2f}" for t, m in teacher_clean.items())
-    header = ['defence', 'student', 'attack', f'teacher dPSNR ({tasks})', f'student PSNR ({tasks})',
-              f'student drop ({tasks})', 'ms/img', 'overhead x']
-    results['best'] = best_points(results, students[0])
+    runs, derived = [], []
+    for block, student, attack, seed in itertools.product(defences, preset.students, ATTACKS, range(preset.seeds)):
+        label = defence_label(block)
+        exposed_out = block is not None and attack == 'out' and results['defences'][label]['output_bit_identical']
+        (derived if exposed_out else runs).append((label, block, student, attack, seed))
+    CONTEXT.update(preset=preset, work=work, teacher_block=teacher_block, teacher_path=teacher_path,
+                   query_set=query_set, batch=args.batch, val_loader=val_loader,
+                   curve_loader=DataLoader(ConcatDataset(curve_sets), batch_size=8))
+    if args.workers > 1:
+        with multiprocessing.get_context('fork').Pool(args.workers) as pool:
+            rows = list(tqdm(pool.imap(train_student, runs), total=len(runs), desc='students'))
+    else:
+        rows = [train_student(run) for run in tqdm(runs, desc='students')]
+    clean_rows = {(r['student'], r['attack'], r['seed']): r for r in rows if r['defence'] == 'clean'}
+    rows += [{**clean_rows[student, attack, seed], 'defence': label, 'derived_from_clean': True}
+             for label, _, student, attack, seed in derived]
+    results['students_runs'] = rows
+    results['cells'] = summarise(rows, results['defences'], teacher_clean)
+    results['best'] = best_points(results['cells'], preset.students[0])
     results['runtime_s'] = time.perf_counter() - started
-    best_rows = [[attack, r['defence'], f'{mean_drop(r):+.2f}',
-                  ' '.join(f"{r['student_drop_psnr'][t]:+.2f}" for t in sorted(r['student_drop_psnr']))]
-                 for attack, r in results['best']['per_attack'].items()]
-    best = results['best']['best']
-    best_text = ('none (no defence within 0.1 dB teacher change)' if best is None else
-                 f"`{best['defence']}`: student drop {best['mean_drop']:+.2f} dB averaged over tasks and attacks, "
-                 f"{best['min_mean_drop']:+.2f} dB under its weakest attack "
-                 f"(per attack: {', '.join(f'{a} {d:+.2f}' for a, d in best['per_attack'].items())})")
-    md = (f"# ASVP study ({args.preset}, {iters} student iters, PSNR on RGB, dB)\n\n"
-          f"teacher `{teacher_path}`; clean teacher PSNR: {clean_text}; evaluation on "
-          f"{f'{crop}-px centre crops' if crop else 'whole images'} of the val sets; unprotected forward "
-          f"{clean_ms:.1f} ms/img; study runtime {results['runtime_s'] / 60:.1f} min. Student drop = PSNR of the "
-          f"student distilled from the clean teacher by the same attack minus PSNR of the student distilled from the "
-          f"protected teacher (positive = the defence hurts the student).\n\n"
-          f"## Best points for {students[0]} (teacher change <= 0.1 dB on every task)\n\n"
-          + markdown_table(['attack', 'best defence', 'mean drop', f'drop ({tasks})'], best_rows)
-          + f"\n\nBest defence over all attacks (the shipped default): {best_text}\n\n"
-          f"## All runs\n\n" + markdown_table(header, rows) + '\n\n![frontier](frontier.png)\n')
+    points = [{'x': statistics.fmean(c['teacher_delta_psnr'].values()), 'y': c['drop_mean'], 'group': c['attack'],
+               'label': c['defence'].split('/')[-1]} for c in results['cells'] if c['defence'] != 'clean']
     scatter_chart(osp.join(args.out, 'frontier.png'), points, 'teacher PSNR change (dB)', 'student PSNR drop (dB)',
-                  'ASVP frontier (per task)')
+                  'ASVP frontier (mean over tasks and seeds)')
     write_json(osp.join(args.out, 'report.json'), results)
+    md = report_markdown(results)
     write_text(osp.join(args.out, 'report.md'), md)
     tqdm.write(md)
+
 
 if __name__ == '__main__':
     main()
