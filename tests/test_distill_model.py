@@ -101,3 +101,15 @@ def test_bad_distill_options_are_named(tmp_path):
         DistillModel.check_options(opt)
     with pytest.raises(ValueError, match="distill.taps\\[0\\]: 'nope' is not a module of network_g"):
         build_model(parsed_options(tmp_path, taps=[['nope', 'body.1']]))
+
+
+def test_teacher_is_padded_with_its_own_multiple(tmp_path):
+    model = build_model(parsed_options(tmp_path))
+    model.get_bare_model(model.net_g).pad_multiple = 16  # a student arch with a coarser multiple
+    model.opt['val']['pad_multiple'] = 4
+    assert model.pad_multiple() == 16 and model.teacher_multiple() == 4
+    model.net_teacher.pad_multiple = 2
+    assert model.teacher_multiple() == 2
+    lq = torch.rand(1, 3, 18, 18, generator=torch.Generator().manual_seed(0))
+    out, _ = model.teacher_targets(lq)
+    assert out.shape == lq.shape
