@@ -4,6 +4,7 @@ import pytest
 
 from basicsr_unlearn.evaluation.calibrated_membership import ROC_FPR, calibrated_attack
 from basicsr_unlearn.evaluation.membership_inference import (
+    auc_null_sd,
     best_threshold_accuracy,
     loss_attack,
     membership_auc,
@@ -133,3 +134,12 @@ def test_calibration_removes_image_difficulty():
     assert abs(calibrated_attack(model_m, model_n, reference_m, reference_n)['auc'] - 0.5) < 0.04
     with pytest.raises(ValueError, match='members: the model has 2 per-image losses but the calibrator 3'):
         calibrated_attack([0.1, 0.2], [0.1], [0.1, 0.2, 0.3], [0.1])
+
+
+def test_auc_null_sd_matches_simulation():
+    rng = np.random.default_rng(5)
+    aucs = [membership_auc(rng.normal(size=30), rng.normal(size=12)) for _ in range(3000)]
+    assert np.std(aucs) == pytest.approx(auc_null_sd(30, 12), rel=0.06)  # sd of the sample sd ~1.3%
+    assert abs(np.mean(aucs) - 0.5) < 0.01
+    with pytest.raises(ValueError, match='needs at least one member and one non-member'):
+        auc_null_sd(0, 5)

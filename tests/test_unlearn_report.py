@@ -25,7 +25,7 @@ from basicsr_unlearn.evaluation.model_specs import (
 )
 from basicsr_unlearn.evaluation.relearning_attack import RelearnOptions, relearn_curve
 from basicsr_unlearn.evaluation.unlearning_markdown import main_table, write_report
-from basicsr_unlearn.evaluation.unlearning_report import ModelScores, build_report, split_test_sets
+from basicsr_unlearn.evaluation.unlearning_report import ModelScores, attack_verdicts, build_report, split_test_sets
 from basicsr_unlearn.inference import pad_to_multiple
 
 
@@ -77,8 +77,21 @@ def test_build_report_numbers_and_verdicts():
     assert 'meets' not in m['original']
     table = main_table(report)
     assert '| good | 29.95 | 28.05 | 18.30 | 0.30 | 0.0075 | -0.05 | 0.20 | 1.000 | 1.00 |' in table
-    assert '| – | 30 | 3.8% | goal |' in table  # no relearning run: steps '–'
+    # no relearning run: steps '–', relearning verdict '?'; with 2 + 2 images the MIA null band is wide (±0.645)
+    assert '| – | MIA ✓, KS ✓, relearn ? | 30 | 3.8% | goal |' in table
+    assert report['mia_null_band'] == pytest.approx(2 * (5 / 48) ** 0.5)
     assert 'PSNR in dB on RGB' in table and 'no second reference' in table
+
+
+def test_attack_verdicts():
+    row = {'mia_calibrated': {'auc': 0.3}, 'forget_quality': {'p_value': 0.04}, 'relearn': {'excess_db': 0.3}}
+    assert attack_verdicts(row, {'relearn_excess_db': -0.4}, 0.25) == {
+        'calibrated_mia': True, 'forget_quality': False, 'relearning': True}  # |0.3-0.5| <= .25; .04 < .05; .3 <= .4
+    row = {'mia_calibrated': {'auc': 0.8}, 'forget_quality': {'p_value': 0.5}, 'relearn': {'excess_db': 0.6}}
+    assert attack_verdicts(row, None, 0.25) == {  # without a floor the relearning tolerance is the 0.5 dB goal
+        'calibrated_mia': False, 'forget_quality': True, 'relearning': False}
+    assert attack_verdicts({'mia_calibrated': None, 'forget_quality': None, 'relearn': None}, None, 0.2) == {
+        'calibrated_mia': None, 'forget_quality': None, 'relearning': None}
 
 
 SMALL_JSON = """{

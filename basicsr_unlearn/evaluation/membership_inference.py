@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.stats import rankdata
 
+FPR_LEVELS = {'1%': 0.01, '10%': 0.1}
+
 
 def _as_scores(scores: Sequence[float] | np.ndarray, where: str) -> np.ndarray:
     array = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -55,6 +57,20 @@ def membership_auc(member_scores: Sequence[float] | np.ndarray, nonmember_scores
     m, n = members.size, nonmembers.size
     u_members = ranks[:m].sum() - m * (m + 1) / 2
     return float(u_members / (m * n))
+
+
+def auc_null_sd(n_members: int, n_nonmembers: int) -> float:
+    """Standard deviation of the AUC when members and non-members come from one distribution (no ties).
+
+    The Mann-Whitney null: ``sqrt((M + N + 1) / (12 M N))``; an AUC within about two of these of 0.5 is chance.
+
+    Example:
+        >>> round(auc_null_sd(30, 12), 4)
+        0.0998
+    """
+    if n_members < 1 or n_nonmembers < 1:
+        raise ValueError(f'auc_null_sd: needs at least one member and one non-member; got {n_members}, {n_nonmembers}')
+    return float(np.sqrt((n_members + n_nonmembers + 1) / (12.0 * n_members * n_nonmembers)))
 
 
 def best_threshold_accuracy(member_scores: Sequence[float] | np.ndarray,
@@ -115,8 +131,6 @@ def tpr_at_fpr(member_scores: Sequence[float] | np.ndarray, nonmember_scores: Se
     allowed = fpr[None, :] <= levels[:, None] + 1e-12
     return [float(tpr[row].max()) for row in allowed]  # the inf threshold (FPR 0) is always allowed
 
-
-FPR_LEVELS = {'1%': 0.01, '10%': 0.1}
 
 
 def attack_summary(member_scores: Sequence[float] | np.ndarray, nonmember_scores: Sequence[float] | np.ndarray,

@@ -62,6 +62,15 @@ def _steps(row: dict) -> str:
     return 'not within budget' + share
 
 
+def _attacks(row: dict) -> str:
+    """``'MIA ✓, KS ✓, relearn ✗'`` from the row's attack verdicts (``?`` where not measured)."""
+    if 'attacks' not in row:
+        return '–'
+    marks = {True: '✓', False: '✗', None: '?'}
+    return ', '.join(f'{name} {marks[row["attacks"][key]]}' for name, key in
+                     (('MIA', 'calibrated_mia'), ('KS', 'forget_quality'), ('relearn', 'relearning')))
+
+
 def _verdict(row: dict) -> str:
     if 'meets' not in row:
         return '–'
@@ -74,7 +83,7 @@ def main_table(report: dict) -> str:
     forget, space, floor = report['forget'], report['metric_space'], report['noise_floor']
     header = ['model', *[f'{d} (forgotten)' if d == forget else d for d in report['degradations']],
               'forget gap', 'forget SSIM gap', 'worst retained Δ', 'Avg.Gap', 'cal. MIA AUC', 'TPR@1%FPR',
-              'forget quality', 'relearn steps', 'time (s)', 'cost vs retrain', 'meets']
+              'forget quality', 'relearn steps', 'attacks passed', 'time (s)', 'cost vs retrain', 'meets']
     rows = []
     for m in report['models']:
         cost = '–' if m['cost_ratio'] is None else plus_minus_at(m, 'cost_ratio', fmt='.1%')
@@ -84,7 +93,7 @@ def main_table(report: dict) -> str:
                      plus_minus_at(m, 'avg_gap_db'),
                      plus_minus_at(m, 'mia_calibrated', 'auc', fmt='.3f') if calibrated else '–',
                      plus_minus_at(m, 'mia_calibrated', 'tpr_at_fpr', '1%', fmt='.2f') if calibrated else '–',
-                     plus_minus_at(m, 'forget_quality', 'p_value', fmt='.3f'), _steps(m),
+                     plus_minus_at(m, 'forget_quality', 'p_value', fmt='.3f'), _steps(m), _attacks(m),
                      plus_minus_at(m, 'wall_time_s', fmt='.0f'), cost, _verdict(m)])
     floor_text = ('no second reference, so no noise floor' if floor is None else
                   f'floor = the second reference\'s own forget gap ({floor["forget_gap_db"]:.2f} dB): the level of '
@@ -94,7 +103,9 @@ def main_table(report: dict) -> str:
                'original over the retained types; Avg.Gap = mean |PSNR − PSNR_reference| over all types; cal. MIA = '
                f'membership attack on per-image L1 calibrated by the reference (0.5 = no signal); forget quality = KS '
                f'p-value of per-image {forget} PSNRs vs the reference (1 = indistinguishable); relearn steps = '
-               'fine-tuning steps to regain the original\'s forgotten-type PSNR.\n\n')
+               'fine-tuning steps to regain the original\'s forgotten-type PSNR; attacks passed: calibrated AUC within '
+               f'{report["mia_null_band"]:.3f} of 0.5 (two null standard deviations), KS p ≥ {report["ks_alpha"]}, '
+               'relearning lead over the reference within the noise floor (else within the forget-gap goal).\n\n')
     return caption + markdown_table(header, rows)
 
 
@@ -135,7 +146,9 @@ def _mia_section(report: dict) -> list[str]:
              f'Calibrated score: L1_model − L1_{report["reference"]} on the same image (difficulty calibration: the '
              'auditor has the retrained reference); each reference is calibrated by another reference. AUC 0.5 = no '
              'signal; TPR at a low FPR = members exposed with confidence (with '
-             f'{n_non:.0f} non-members the FPR moves in steps of {1 / n_non:.1%}: 1% allows no false positive).']
+             f'{n_non:.0f} non-members the FPR moves in steps of {1 / n_non:.1%}: 1% allows no false positive). '
+             f'With these sample sizes an AUC within {report["mia_null_band"]:.3f} of 0.5 (two standard deviations '
+             'of the Mann-Whitney null) is chance.']
     second = [m for m in references[1:] if m['mia_calibrated'] is not None]
     if second:
         auc = second[0]['mia_calibrated']['auc']

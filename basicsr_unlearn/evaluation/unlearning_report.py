@@ -32,7 +32,7 @@ from basicsr_unlearn.checkpoint import load_checkpoint
 from basicsr_unlearn.data.degradation_names import DEGRADATIONS, check_name
 from basicsr_unlearn.evaluation.calibrated_membership import ROC_FPR, calibrated_attack
 from basicsr_unlearn.evaluation.distance_to_reference import forget_quality, output_distance
-from basicsr_unlearn.evaluation.membership_inference import loss_attack
+from basicsr_unlearn.evaluation.membership_inference import auc_null_sd, loss_attack
 from basicsr_unlearn.evaluation.metrics import evaluate, summarize
 from basicsr_unlearn.evaluation.model_specs import ROLES, ModelSpec, wall_time
 from basicsr_unlearn.evaluation.relearning_attack import RelearnOptions, relearn_curve, steps_to_reach
@@ -42,6 +42,7 @@ from basicsr_unlearn.inference import restore_image
 TARGETS = {'forget_gap_db': 1.0, 'retain_drop_db': 0.3, 'cost_ratio': 0.10}
 GOALS = {'forget_gap_db': 0.5, 'retain_drop_db': 0.1, 'cost_ratio': 0.05}
 FLOOR_KEYS = ('forget_gap_db', 'forget_gap_ssim', 'avg_gap_db', 'avg_gap_ssim')
+KS_ALPHA = 0.05  # forget quality below this: the model's per-image PSNRs are told apart from the reference's
 
 
 @dataclass
@@ -290,6 +291,21 @@ def noise_floor(reference_rows: list[dict]) -> dict | None:
     return floor
 
 
+def attack_verdicts(row: dict, floor: dict | None, mia_band: float) -> dict[str, bool | None]:
+    """Whether a model passes each attack (``None`` = not measured), from its mean figures.
+
+    - ``calibrated_mia``: calibrated AUC within ``mia_band`` (two null standard deviations) of 0.5;
+    - ``forget_quality``: KS p-value >= :data:`KS_ALPHA`;
+    - ``relearning``: lead over the reference after the same fine-tuning at most the second reference's (absolute)
+      lead, or at most the forget-gap goal without a second reference.
+    """
+    calibrated, quality, relearn = row['mia_calibrated'], row['forget_quality'], row['relearn']
+    tolerance = abs(floor['relearn_excess_db']) if floor and 'relearn_excess_db' in floor else GOALS['forget_gap_db']
+    return {'calibrated_mia': None if calibrated is None else abs(calibrated['auc'] - 0.5) <= mia_band,
+            'forget_quality': None if quality is None else quality['p_value'] >= KS_ALPHA,
+            'relearning': None if relearn is None else relearn['excess_db'] <= tolerance}
+
+
 def build_report(scores: list[ModelScores], forget: str, metric_space: str,
                  relearn: RelearnOptions | None = None) -> dict:
     """Compute every figure per run, aggregate seeds, the noise floor and the target checks (JSON-ready).
@@ -303,10 +319,11 @@ def build_report(scores: list[ModelScores], forget: str, metric_space: str,
 
     Returns:
         ``{'forget', 'metric_space', 'degradations', 'retained', 'targets', 'goals', 'reference', 'noise_floor',
-        'relearn', 'roc_fpr', 'models': [...]}``; each model row holds the mean of every figure of
-        :func:`_run_entry` at its key (``psnr``, ``forget_gap_db``, ``mia``, ``mia_calibrated``, ``distance``,
-        ``forget_quality``, ``relearn``, ...), ``std`` (same shape), ``seeds`` (every run), ``n_seeds``,
-        ``oracle_stop``, and for methods ``meets`` (``'goal'``, ``'target'`` or ``'no'``) with
+        'mia_null_band', 'ks_alpha', 'relearn', 'roc_fpr', 'models': [...]}``; each model row holds the mean of
+        every figure of :func:`_run_entry` at its key (``psnr``, ``forget_gap_db``, ``mia``, ``mia_calibrated``,
+        ``distance``, ``forget_quality``, ``relearn``, ...), ``std`` (same shape), ``seeds`` (every run),
+        ``n_seeds``, ``oracle_stop``, ``attacks`` (:func:`attack_verdicts`; all but the first reference), and for
+        methods ``meets`` (``'goal'``, ``'target'`` or ``'no'``) with
         ``missed_target``/``missed_goal`` and ``within_noise_floor``.
     """
     check_name(forget, '--forget')
@@ -330,7 +347,10 @@ def build_report(scores: list[ModelScores], forget: str, metric_space: str,
         entries = [_run_entry(s, original, references[0], calibrator, degradations, forget, steps) for s in runs]
         models.append(_aggregate(name, role, runs, entries))
     floor = noise_floor([m for m in models if m['role'] == 'reference'])
+    mia_band = 2 * auc_null_sd(len(original.member_losses), len(original.nonmember_losses))
     for row in models:
+        if row['role'] != 'reference' or row['name'] != references[0].name:
+            row['attacks'] = attack_verdicts(row, floor, mia_band)
         if row['role'] == 'method':
             row['missed_target'] = _checks(row['forget_gap_db'], row['retain_change_db'], row['cost_ratio'], TARGETS)
             row['missed_goal'] = _checks(row['forget_gap_db'], row['retain_change_db'], row['cost_ratio'], GOALS)
@@ -338,7 +358,7 @@ def build_report(scores: list[ModelScores], forget: str, metric_space: str,
             row['within_noise_floor'] = None if floor is None else row['forget_gap_db'] <= floor['forget_gap_db']
     report = {'forget': forget, 'metric_space': metric_space, 'degradations': degradations,
               'retained': [d for d in degradations if d != forget], 'targets': TARGETS, 'goals': GOALS,
-              'reference': references[0].name, 'noise_floor': floor,
+              'reference': references[0].name, 'noise_floor': floor, 'mia_null_band': mia_band, 'ks_alpha': KS_ALPHA,
               'relearn': None if relearn is None else {**vars(relearn), 'steps': steps, 'curve_steps': [0, *steps],
                                                        'target_db': original.per_degradation[forget]['psnr']},
               'roc_fpr': list(ROC_FPR), 'models': models}
