@@ -232,7 +232,7 @@ def _arch_kwargs(block: dict, where: str) -> None:
 def check_path(opt: dict) -> None:
     """``path``: known keys; ``resume_state`` and every ``pretrain_network_*`` readable, finite, and fitting its
     ``network_*`` block (built on the CPU) with ``param_key_*`` / ``strict_load_*``."""
-    from basicsr.archs import build_network
+    from basicsr.utils.registry import ARCH_REGISTRY
 
     paths = opt.get('path') or {}
     if not isinstance(paths, dict):
@@ -255,8 +255,8 @@ def check_path(opt: dict) -> None:
         suffix, file = key.removeprefix('pretrain_network_'), osp.expanduser(str(value))
         param_key = paths.get(f'param_key_{suffix}', 'params')
         block = opt.get(f'network_{suffix}')
-        if isinstance(block, dict):
-            net = build_network(dict(block))
+        if isinstance(block, dict):  # not build_network: it would set up BasicSR's logger before the run's log file
+            net = ARCH_REGISTRY.get(block['type'])(**{k: v for k, v in block.items() if k != 'type'})
             load_checkpoint(net, file, param_key, paths.get(f'strict_load_{suffix}', True), f'path.{key}')
         else:  # e.g. path.pretrain_network_adapted: no arch block of its own
             state = read_checkpoint(file, f'path.{key}')

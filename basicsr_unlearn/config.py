@@ -78,13 +78,15 @@ def check_number(value: object, where: str, *, minimum: float | None = None, abo
     if in_range:
         return value
     extra = f' {hint}' if hint else ''
+    note = ''
     if isinstance(value, str):
         try:
             float(value)
-            extra += f' (a string: write !!float {value})'
+            note = f' (a string: write !!float {value})'
         except ValueError:
             pass
-    raise ValueError(f'{where}: expected {_expected(integer, minimum, above, below, maximum)}{extra}, got {value!r}')
+    raise ValueError(f'{where}: expected {_expected(integer, minimum, above, below, maximum)}{extra}, got '
+                     f'{value!r}{note}')
 
 
 def check_list(value: object, where: str, **bounds: float | bool) -> list:
@@ -111,9 +113,11 @@ def check_yaml(path: str, where: str = '-opt') -> None:
         with open(path) as f:
             data = yaml.safe_load(f)
     except yaml.YAMLError as err:
-        mark = getattr(err, 'problem_mark', None) or getattr(err, 'context_mark', None)
+        mark, start = getattr(err, 'problem_mark', None), getattr(err, 'context_mark', None)
         at = f':{mark.line + 1}:{mark.column + 1}' if mark is not None else ''
         problem = getattr(err, 'problem', None) or str(err).splitlines()[0]
+        if getattr(err, 'context', None) and start is not None:
+            problem += f' ({err.context} from line {start.line + 1})'
         raise ValueError(f'{path}{at}: YAML syntax error: {problem}') from err
     if not isinstance(data, dict):
         raise ValueError(f'{path}: expected a mapping of options at the top level, got {type(data).__name__}')

@@ -10,7 +10,7 @@ is never overridden.
 
 Example:
     >>> lock = acquire('/tmp/lock_doctest/experiments/demo')
-    >>> acquire('/tmp/lock_doctest/experiments/demo') is lock  # the same process may ask again
+    >>> acquire('/tmp/lock_doctest/experiments/demo') == lock  # the same process may ask again
     True
     >>> release('/tmp/lock_doctest/experiments/demo')
 """

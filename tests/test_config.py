@@ -67,3 +67,18 @@ def test_launcher_rejects_unknown_degradation_name_before_creating_folders(tmp_p
     assert proc.returncode != 0
     assert "datasets.val_haze.sources[1].degradation: unknown 'hazy'; expected one of noise15" in proc.stderr
     assert not (tmp_path / 'experiments').exists()
+
+
+def test_yaml_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / '_base_').mkdir()
+    (tmp_path / '_base_' / 'data.yml').write_text('datasets:\n  train:\n    name: x\n   type: y\n')
+    (tmp_path / 'exp.yml').write_text('_base_: [_base_/data.yml]\nname: x\n')
+    with pytest.raises(ValueError, match=r'_base_/data\.yml:4:4: YAML syntax error: expected <block end>, but found '
+                                         r"'<block mapping start>' \(while parsing a block mapping from line 2\)"):
+        load_options(str(tmp_path / 'exp.yml'))
+    (tmp_path / 'exp.yml').write_text('_base_: [_base_/missing.yml]\nname: x\n')
+    with pytest.raises(FileNotFoundError, match=r'exp\.yml: _base_: option file not found: .*_base_/missing\.yml'):
+        load_options(str(tmp_path / 'exp.yml'))
+    (tmp_path / 'exp.yml').write_text('- a\n- b\n')
+    with pytest.raises(ValueError, match=r'exp\.yml: expected a mapping of options at the top level, got list'):
+        load_options(str(tmp_path / 'exp.yml'))
