@@ -4,7 +4,7 @@ Usage::
 
     python tools/convert_checkpoint.py --arch PromptIR model.ckpt experiments/pretrained_models/promptir_official.pth
     python tools/convert_checkpoint.py --arch AdaIR adair5d.ckpt experiments/pretrained_models/adair5d_official.pth
-    python tools/convert_checkpoint.py --opt options/test/X.yml [--cfg-options network_g.dim=8] in.ckpt out.pth
+    python tools/convert_checkpoint.py in.ckpt out.pth --opt options/test/X.yml [--cfg-options network_g.dim=8]
 
 ``--arch`` builds the published default of the registered arch; ``--opt`` takes ``network_g`` from an option YAML
 (``_base_`` and ``--cfg-options`` resolved). The output loads with ``path.strict_load_g: true``; what was dropped
