@@ -192,3 +192,19 @@ def test_role_groups_keep_the_ratio_on_every_ddp_shard(demo_root, monkeypatch):
         for batch in batches:
             assert batch['is_forget'].sum(dim=1).tolist() == [1] * 3
             assert (batch['de_type'][:, 0] == DEGRADATIONS['haze']).all()
+
+
+def test_retain_only_groups_keep_the_forget_type_out(demo_root, monkeypatch):
+    """``forget: 0`` beside ``forget: [haze]`` is accepted only as declared retain-only training; no haze sample then
+    reaches a batch."""
+    opt = demo_opt(demo_root, monkeypatch)
+    opt.update(forget=['haze'], role_group={'forget': 0, 'retain': 3}, gt_size=32)
+    with pytest.raises(ValueError, match=r'role_group: forget: 0 with datasets\.train\.forget \[\'haze\'\]: no forget '
+                                         r'sample ever reaches the model'):
+        build_dataset(opt)
+    opt['role_group']['retain_only'] = True
+    ds = build_dataset(opt)
+    assert len(ds) == 20  # 60 retain records / 3
+    names = {name for i in range(len(ds)) for name in ds[i]['de_name']}
+    assert names == {'noise15', 'noise25', 'noise50', 'rain'}
+    assert not any(ds[i]['is_forget'].any() for i in range(len(ds)))

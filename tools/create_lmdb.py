@@ -15,7 +15,9 @@ Usage:
 Keys are sanitised file names (``0025_0.8_0.04.png`` -> ``0025_0_8_0_04``); ``meta_info.txt`` lines read
 ``<key>.png (h,w,c) <compress_level>`` and, with a degradation, ``meta_labels.txt`` lines ``<key> <name> <id>``.
 Each LMDB is written to a temporary sibling and renamed at the end: an interrupted run (Ctrl-C, SIGTERM) leaves
-nothing at the target. BasicSR's ``PairedImageDataset`` (``io_backend: {type: lmdb}``) reads the result.
+nothing at the target; the hidden temporaries a SIGKILLed run cannot remove (``.X.lmdb.tmp<pid>``) are removed by the
+next run that targets the same path, once their process is dead. BasicSR's ``PairedImageDataset``
+(``io_backend: {type: lmdb}``) reads the result.
 """
 import argparse
 import signal
