@@ -2,11 +2,11 @@
 
     python bench/unlearn.py --quick      # tiny PromptIR, 32-px patches, few repeats
 
-Each method's ``train`` block and batch layout come from its YAML in ``options/unlearn/``; weights are random (cost
-does not depend on them). Ratios are measured side by side in this run.
+Each demo method's ``train`` block (``train.method``) and batch layout come from its YAML in ``options/unlearn/``; the
+stop criterion is left out (it runs only at validation) and the "original" is a random network saved as a
+checkpoint (cost does not depend on the weights). Ratios are measured side by side in this run.
 """
 import argparse
-import copy
 import statistics
 import sys
 import tempfile
@@ -19,20 +19,11 @@ import basicsr_unlearn  # noqa: F401  (torchvision alias + registration, before 
 import torch
 from basicsr.archs import build_network
 
-from basicsr_unlearn.config import load_options
+from basicsr_unlearn.config import inprocess_options, load_options
 from basicsr_unlearn.models.all_in_one_model import AllInOneModel
 from basicsr_unlearn.models.unlearn_model import UnlearnModel
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def model_options(opt: dict, tmp: Path, train: dict, **path) -> dict:
-    opt = copy.deepcopy(opt)
-    opt.update(num_gpu=0, dist=False, rank=0, world_size=1, is_train=True, train=copy.deepcopy(train))
-    opt['train'].pop('stop_rule', None)
-    opt['path'].update(pretrain_network_g=None, experiments_root=str(tmp), models=str(tmp / 'models'), log=str(tmp),
-                       training_states=str(tmp / 'states'), visualization=str(tmp / 'vis'), **path)
-    return opt
 
 
 def grouped(groups: int, n_f: int, n_r: int, size: int) -> dict:
@@ -62,19 +53,21 @@ def main() -> dict[str, float]:
     args = parser.parse_args()
     size, repeats = (32, 3) if args.quick else (64, 10)
     torch.manual_seed(0)
-    files = sorted((ROOT / 'options' / 'unlearn').glob('*.yml'))
+    files = sorted((ROOT / 'options' / 'unlearn').glob('unlearn_promptir-tiny_demo3_*.yml'))  # one arch, one data
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         base = load_options(str(files[0]))
-        net = build_network(copy.deepcopy(base['network_g']))
-        adapted = tmp / 'adapted.pth'
+        net = build_network(dict(base['network_g']))
+        original, adapted = tmp / 'original.pth', tmp / 'adapted.pth'
+        torch.save({'params': net.state_dict()}, original)
         torch.save({'params': {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
                                for k, v in net.state_dict().items()}}, adapted)
+        paths = {'pretrain_network_g': str(original), 'pretrain_network_adapted': str(adapted)}
         rows = []
         plain_cache: dict[int, float] = {}
         for file in files:
             opt = load_options(str(file))
-            if opt['train'].get('total_iter', 1) == 0:
+            if opt['train'].get('total_iter', 1) == 0 or 'oracle' in file.stem:  # no steps / same steps as another
                 continue
             group = opt['datasets']['train']['role_group']
             groups = opt['datasets']['train']['batch_size_per_gpu']
@@ -83,11 +76,11 @@ def main() -> dict[str, float]:
             if n not in plain_cache:
                 plain_train = {'optim_g': {'type': 'Adam', 'lr': 1e-4},
                                'scheduler': {'type': 'MultiStepRestartLR', 'milestones': [10 ** 6]}}
-                plain = AllInOneModel(model_options(opt, tmp / f'plain{n}', plain_train))
+                plain = AllInOneModel(inprocess_options({**opt, 'train': plain_train}, str(tmp / f'plain{n}'), **paths))
                 plain_batch = {'lq': batch['lq'].flatten(0, 1), 'gt': batch['gt'].flatten(0, 1)}
                 plain_cache[n] = time_steps(plain, plain_batch, repeats)
-            model = UnlearnModel(model_options(opt, tmp / file.stem, opt['train'],
-                                               pretrain_network_adapted=str(adapted)))
+            train = {k: v for k, v in opt['train'].items() if k != 'stop'}
+            model = UnlearnModel(inprocess_options({**opt, 'train': train}, str(tmp / file.stem), **paths))
             seconds = time_steps(model, batch, repeats)
             rows.append((file.stem.split('_')[3], n, seconds, seconds / plain_cache[n]))
     print(f'patch {size} px, median of {repeats} steps; ratio = unlearning step / plain L1 step on the same samples')

@@ -50,6 +50,21 @@ def test_gradient_ascent_value_and_bound():
     assert value.item() == 0 and far.grad.abs().max() == 0  # no push once the bound is reached: cannot diverge
 
 
+def test_gradient_ascent_tau_input_bounds_each_sample_by_its_own_input_loss():
+    loss = GradientAscentLoss(tau='input')
+    gt = torch.zeros(2, 3, 4, 4)
+    lq = torch.stack([torch.full((3, 4, 4), 0.4), torch.full((3, 4, 4), 0.1)])  # input losses 0.4 and 0.1
+    pred = torch.full((2, 3, 4, 4), 0.2, requires_grad=True)  # output loss 0.2 for both
+    value = loss(pred, gt, lq)
+    value.backward()
+    assert value.item() == pytest.approx((0.4 - 0.2 + 0) / 2)  # sample 1 is already worse than its input
+    assert pred.grad[0].abs().sum() > 0 and pred.grad[1].abs().sum() == 0
+    with pytest.raises(ValueError, match="tau: 'input' needs the degraded inputs"):
+        loss(pred, gt)
+    with pytest.raises(ValueError, match="tau: expected a positive bound or 'input'; got 'abc'"):
+        GradientAscentLoss(tau='abc')
+
+
 def test_gradient_ascent_raises_forget_loss_while_retain_loss_holds():
     net = tiny_net()
     forget_lq, forget_gt = pairs(1, haze=True)
@@ -138,7 +153,7 @@ def test_anchor_pulls_back_and_bad_options_fail():
         ParameterAnchorLoss(importance='diag')
     with pytest.raises(ValueError, match="criterion: unknown criterion 'l3'"):
         GradientAscentLoss(criterion='l3')
-    with pytest.raises(ValueError, match='tau: expected a positive bound'):
+    with pytest.raises(ValueError, match='tau: expected a positive bound or'):
         GradientAscentLoss(tau=0)
     with pytest.raises(ValueError, match='eps: expected a positive radius'):
         AdversarialRetainLoss(eps=0)

@@ -1,4 +1,4 @@
-"""UnlearnModel through the real launchers: a BasicSR arch (EDSR) unlearns haze from YAML alone (stop rule in
+"""UnlearnModel through the real launchers: a BasicSR arch (EDSR) unlearns haze from YAML alone (stop criteria in
 BasicSR's own loop), and a 2-process torchrun unlearning run completes."""
 import json
 import subprocess
@@ -36,21 +36,21 @@ def unlearn_yaml(cwd: Path, pretrained: str, name: str, total_iter: int, **train
            'path': {'pretrain_network_g': pretrained},
            'datasets': {'train': {**LOADER, 'batch_size_per_gpu': 1}},
            'train': {**SCHEDULE, 'total_iter': total_iter,
-                     'forget_opt': {'type': 'GradientAscentLoss', 'tau': 0.3},
-                     'retain_opt': {'type': 'L1Loss'},
-                     'adv_opt': {'type': 'AdversarialRetainLoss', 'eps': 0.008, 'steps': 1}, **train},
+                     'method': {'type': 'GaAdv', 'tau': 'input', 'eps': 0.008, 'steps': 1}, **train},
            'val': {'val_freq': 3}, 'logger': {'print_freq': 1, 'save_checkpoint_freq': 3}}
     return write_yaml(cwd / f'{name}.yml', opt)
 
 
-def test_basicsr_arch_unlearns_from_yaml_and_stop_rule_ends_early(workspace: tuple[Path, str]) -> None:
+def test_basicsr_arch_unlearns_from_yaml_and_oracle_stop_ends_early(workspace: tuple[Path, str]) -> None:
     cwd, pretrained = workspace
-    option_file = unlearn_yaml(cwd, pretrained, 'unlearn_edsr', 9, stop_rule={'forget_psnr': 99.0})
+    option_file = unlearn_yaml(cwd, pretrained, 'unlearn_edsr', 9, stop={'type': 'OracleStop', 'forget_psnr': 99.0})
     proc = run_tool('train.py', ['-opt', option_file], cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     exp = cwd / 'experiments' / 'unlearn_edsr'
     log = json.loads((exp / 'train_log.json').read_text())
-    assert log['stopped']['iter'] == 3 and 'stop rule' in log['stopped']['reason']
+    assert log['stopped']['iter'] == 3 and log['stopped']['reason'].startswith('oracle stop: forget PSNR')
+    assert log['stop'] == {'type': 'OracleStop', 'oracle': True, 'label': 'oracle stop', 'target_psnr': 99.0,
+                           'de_names': ['haze']}
     assert 'haze' in log['val'][0][1] and 'rain' in log['val'][-1][1]
     models = exp / 'models'
     assert (models / 'net_g_3.pth').is_file() and not (models / 'net_g_6.pth').exists()
@@ -59,19 +59,26 @@ def test_basicsr_arch_unlearns_from_yaml_and_stop_rule_ends_early(workspace: tup
     original = torch.load(pretrained, weights_only=True)['params']
     assert all(torch.equal(latest[k], at_stop[k]) for k in latest)
     assert any(not torch.equal(latest[k], original[k]) for k in latest)
-    text = next(exp.glob('train_*.log')).read_text()
-    assert 'l_forget' in text and 'l_adv' in text and 'Unlearning stopped: stop rule' in text
+    assert 'Training stopped: oracle stop' in proc.stderr and 'ORACLE stop' in proc.stderr
+    logs = list(exp.glob('train_*.log'))
+    assert logs, 'no train_*.log: the root logger was set up before BasicSR opened the log file'
+    text = logs[0].read_text()
+    assert 'l_forget' in text and 'l_adv' in text and 'Training stopped: oracle stop' in text
 
 
 def test_torchrun_two_process_unlearning(workspace: tuple[Path, str]) -> None:
     cwd, pretrained = workspace
-    option_file = unlearn_yaml(cwd, pretrained, 'unlearn_edsr_ddp', 4)
+    option_file = unlearn_yaml(cwd, pretrained, 'unlearn_edsr_ddp', 4, stop={'type': 'InputLevelStop'})
     cmd = [TORCHRUN, '--nproc_per_node=2', f'--master_port={free_port()}', str(ROOT / 'tools' / 'train.py'),
            '-opt', option_file, '--launcher', 'pytorch']
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=tool_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     exp = cwd / 'experiments' / 'unlearn_edsr_ddp'
     log = json.loads((exp / 'train_log.json').read_text())
-    assert log['iter'] == 4 and [it for it, _ in log['val']] == [3, 4]
+    stopped = 'stopped' in log  # at iter 4 from the round of iter 3, or not at all: then iter 4 is validated too
+    assert log['iter'] == 4 and [it for it, _ in log['val']] == ([3] if stopped else [3, 4])
+    assert not stopped or log['stopped']['reason'].startswith('oracle-free stop')
+    assert log['stop']['label'] == 'oracle-free stop' and log['stop']['de_names'] == ['haze']
+    assert set(log['stop']['original_psnr']) == {'noise15', 'noise25', 'noise50', 'rain'}  # judged on both ranks' data
     assert 'world_size: 2' in next(exp.glob('train_*.log')).read_text()
     assert (exp / 'models' / 'net_g_latest.pth').is_file()

@@ -30,6 +30,7 @@ ARCH = 'promptir-tiny'
 FORGET = 'haze'
 UNLEARN_METHODS = {  # report name -> its training stages (option file stems), run in order, each stage once
     'ga_adv': ['ga-adv'],
+    'ga_adv_oracle_stop': ['ga-adv-oracle'],  # the same run stopped by the retrained model: labelled, for comparison
     'ga': ['ga'],
     'neggrad_plus': ['neggrad-plus'],
     'finetune': ['finetune'],
@@ -92,8 +93,9 @@ def build_stages() -> list[Stage]:
     for method, stems in UNLEARN_METHODS.items():
         option_files = [find_option('unlearn', f'unlearn_{ARCH}_demo3_{stem}') for stem in stems]
         for i, (stem, option_file) in enumerate(zip(stems, option_files)):
-            if stem not in trained:  # every method starts from the original and stops on the reference's level
-                needs = ['original', f'retrain_wo_{FORGET}'] + [f'unlearn_{s}' for s in stems[:i]]
+            if stem not in trained:  # every method starts from the original; only an oracle variant reads the reference
+                oracle = [f'retrain_wo_{FORGET}'] if 'oracle' in stem else []
+                needs = ['original', *oracle] + [f'unlearn_{s}' for s in stems[:i]]
                 stages.append(train_stage(f'unlearn_{stem}', option_file, needs))
                 trained.add(stem)
         methods += ['--method', f"{method}={'+'.join(str(experiment_dir(f)) for f in option_files)}"]
@@ -101,7 +103,8 @@ def build_stages() -> list[Stage]:
         sys.executable, 'tools/unlearn_report.py', '--opt', str(test_opt.relative_to(ROOT)),
         '--original', str(experiment_dir(original_opt)), '--reference', str(experiment_dir(reference_opt)),
         '--forget', FORGET, '--out', str(OUT / 'unlearn'), *methods,
-    ], [test_opt], [OUT / 'unlearn' / 'report.md'], [s.name for s in stages if s.name.startswith('unlearn_')]))
+    ], [test_opt], [OUT / 'unlearn' / 'report.md'],
+        [f'retrain_wo_{FORGET}'] + [s.name for s in stages if s.name.startswith('unlearn_')]))
     stages.append(Stage('asvp_study', [
         sys.executable, 'tools/asvp_study.py', '--quick', '--opt', str(study_opt.relative_to(ROOT)),
         '--teacher', str(experiment_dir(original_opt) / 'models' / 'net_g_latest.pth'), '--out', str(OUT / 'asvp'),

@@ -12,7 +12,7 @@ from basicsr_unlearn.losses.criteria import check_criterion, per_sample_loss
 class AdversarialRetainLoss(nn.Module):
     """``w * criterion(net(x + delta), y)`` with ``delta`` from an L-inf PGD attack that maximises the loss.
 
-    The attack runs on ``attack_net`` (the frozen original model by default in UnlearnModel, or the current one):
+    The attack runs on ``attack_net`` (``GaAdv``: the frozen original model by default, or the current one):
     ``delta`` starts uniform in ``[-eps, eps]`` (``rand_init``), then ``steps`` signed-gradient steps of ``step_size``
     maximise ``criterion(attack_net(x + delta), y)``, each projected back to ``|delta| <= eps`` and
     ``x + delta in [0, 1]``. The perturbed inputs are detached; the returned loss trains ``net`` to restore them.

@@ -87,8 +87,8 @@ class ParameterRepulsionLoss(nn.Module):
 class ParameterAnchorLoss(nn.Module):
     """EWC / L2 anchor to the original parameters (Adapt-then-Unlearn, stage 1): ``w * d(theta, theta_0; F)``.
 
-    ``F`` is a diagonal importance (UnlearnModel estimates a Fisher from squared gradients on the forget data when
-    ``importance: fisher``, normalised to mean 1), or uniform (``importance: uniform``: plain L2).
+    ``F`` is a diagonal importance (the ``AdaptStage1`` method estimates a Fisher from squared gradients on the
+    forget data when ``importance: fisher``, normalised to mean 1), or uniform (``importance: uniform``: plain L2).
 
     Args:
         loss_weight: ``w``.

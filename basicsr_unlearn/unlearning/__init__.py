@@ -1,1 +1,2 @@
-"""Unlearning methods that have their own logic beyond a loss (one module per method)."""
+"""Unlearning: the method contract (``method.py``), one module per method (``methods/``), stop criteria
+(``stops/``), the divergence guard and the hooks that run them in any AllInOneModel subclass."""

@@ -1,0 +1,64 @@
+"""Divergence guard: a non-finite or exploding loss stops training and restores weights known to be good."""
+import torch
+
+from basicsr_unlearn.unlearning.hooks import TrainingHook, all_finite, all_ranks_true, snapshot
+from basicsr_unlearn.unlearning.method import RETAIN_SIDE
+
+
+class DivergenceGuard(TrainingHook):
+    """Stop before an update whose loss is NaN/inf, or whose retain side (``l_retain + l_adv + l_distill``) exceeds
+    ``explode_ratio`` x its first value, and restore the last GOOD weights.
+
+    Good means: finite weights that then gave a finite, non-exploding loss. The pretrained weights and each periodic
+    checkpoint are candidates (a non-finite one is dropped at once); a candidate becomes the good state only when the
+    next step computed with exactly those weights passes the check. So a checkpoint of weights that diverged in the
+    step before it was saved is never restored, and neither is anything non-finite. With no confirmed state yet (the
+    first step fails) the weights are the pretrained ones, untouched.
+
+    Args:
+        explode_ratio: the retain-side bound (None: only non-finite losses stop).
+
+    Example:
+        >>> guard = DivergenceGuard(explode_ratio=10.0)
+        >>> guard.explode_ratio
+        10.0
+    """
+
+    def __init__(self, explode_ratio: float | None = None) -> None:
+        if explode_ratio is not None and not explode_ratio > 0:
+            raise ValueError(f'explode_ratio: expected a positive number; got {explode_ratio}')
+        self.explode_ratio = explode_ratio
+        self.first_retain: float | None = None
+        self.candidate: dict[str, torch.Tensor] | None = None
+        self.good: dict[str, torch.Tensor] | None = None
+
+    def propose(self, model) -> None:
+        """Offer the current weights as a candidate (dropped if any tensor is non-finite)."""
+        state = snapshot(model.get_bare_model(model.net_g))
+        self.candidate = state if all_finite(state) else None
+
+    def before_train(self, model) -> None:
+        self.propose(model)
+
+    def after_save(self, model) -> None:
+        self.propose(model)
+
+    def check_update(self, model, terms: dict[str, torch.Tensor], total: torch.Tensor) -> str | None:
+        finite = all_ranks_true(bool(torch.isfinite(total.detach()).item()), model.device)
+        retain = float(sum(terms[k].detach() for k in RETAIN_SIDE if k in terms) or 0.0)
+        exploded = False
+        if finite and self.explode_ratio is not None:
+            if self.first_retain is None:
+                self.first_retain = retain
+            exploded = not all_ranks_true(retain <= self.explode_ratio * max(self.first_retain, 1e-12), model.device)
+        if finite and not exploded:
+            if self.candidate is not None:  # these weights just gave a good loss
+                self.good, self.candidate = self.candidate, None
+            return None
+        why = 'non-finite loss' if not finite else (f'retain-side loss {retain:.4g} > {self.explode_ratio} x its '
+                                                    f'first value {self.first_retain:.4g}')
+        if self.good is None:
+            return f'divergence guard: {why} at iter {model.current_iter} with the pretrained weights (kept)'
+        model.get_bare_model(model.net_g).load_state_dict(self.good)
+        return (f'divergence guard: {why} at iter {model.current_iter}; weights restored to the last good state '
+                '(finite weights that passed a finite-loss step)')

@@ -1,0 +1,153 @@
+"""Training hooks (stop criteria, divergence guard) that any ``AllInOneModel`` subclass can run.
+
+BasicSR's train loop has no hooks, so :class:`HookedTraining` (a mixin: ``class M(HookedTraining, AllInOneModel)``)
+calls ``self.hooks`` at the points the loop does reach: after each ``save``, after each ``validation``, and — for a
+model whose ``optimize_parameters`` calls :meth:`HookedTraining.allow_update` — before each update. A hook stops
+training by returning a reason; the remaining iterations become no-ops (no update, no checkpoint, no wall time), so
+any BasicSR launcher works and the final ``net_g_latest.pth`` holds the weights at the stop.
+
+Decisions that need a whole validation round (BasicSR validates one loader at a time) are taken by
+:meth:`TrainingHook.decide` at the start of the next iteration, or at the final save: the weights have not changed
+since the round, so the stop is recorded at the validated iteration.
+"""
+import time
+
+import torch
+import torch.distributed as dist
+from basicsr.utils import get_root_logger
+
+
+def all_ranks_true(flag: bool, device: torch.device) -> bool:
+    """``flag`` AND-reduced over the process group, so every rank takes the same decision.
+
+    Example:
+        >>> all_ranks_true(True, torch.device('cpu'))  # one process
+        True
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item() > 0)
+
+
+def snapshot(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of ``net``'s state dict."""
+    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+
+def all_finite(state: dict[str, torch.Tensor]) -> bool:
+    """Whether every floating-point tensor of ``state`` is finite.
+
+    Example:
+        >>> all_finite({'w': torch.ones(2)}), all_finite({'w': torch.tensor([1.0, float('nan')])})
+        (True, False)
+    """
+    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+
+
+class TrainingHook:
+    """A piece of training control; every method is optional (returns None = carry on)."""
+
+    def before_train(self, model) -> None:
+        """Once, after the pretrained weights are loaded and before a method changes them."""
+
+    def check_update(self, model, terms: dict[str, torch.Tensor], total: torch.Tensor) -> str | None:
+        """Before an update with the step's loss ``terms`` and their sum: a reason to stop instead of updating."""
+
+    def after_save(self, model) -> None:
+        """After a periodic checkpoint was written."""
+
+    def after_validation(self, model, dataloader, result: dict) -> None:
+        """After one validation loader (``result`` as :func:`~basicsr_unlearn.evaluation.metrics.evaluate`)."""
+
+    def decide(self, model) -> str | None:
+        """At the start of the next iteration (or the final save): a reason to stop."""
+
+
+class HookedTraining:
+    """Mixin for an ``AllInOneModel`` subclass: runs ``self.hooks`` and makes iterations after a stop no-ops.
+
+    The subclass sets ``self.hooks`` (a list of :class:`TrainingHook`) in ``init_training_settings`` and calls
+    :meth:`allow_update` in ``optimize_parameters`` before ``backward``. The hooks' ``before_train`` runs at the
+    first call of the loop (the model is fully built then, ``train_log`` included).
+    """
+
+    hooks: list[TrainingHook] = []
+    stopped = False
+    stop_reason = ''
+    last_val_iter = 0
+    _started = False
+
+    def _start(self) -> None:
+        if not self._started:
+            self._started = True
+            for hook in self.hooks:
+                hook.before_train(self)
+
+    def stop(self, reason: str, at_iter: int | None = None) -> None:
+        """Stop training (``train_log['stopped']``, a warning in the log); later iterations are no-ops."""
+        self.stopped = True
+        self.stop_reason = reason
+        self.train_log['stopped'] = {'iter': int(self.current_iter if at_iter is None else at_iter), 'reason': reason}
+        get_root_logger().warning(f'Training stopped: {reason}. Remaining iterations are no-ops.')
+        self.write_train_log()
+
+    def allow_update(self, terms: dict[str, torch.Tensor], total: torch.Tensor) -> bool:
+        """False (and training stopped) when a hook vetoes this update."""
+        self._start()
+        for hook in self.hooks:
+            reason = hook.check_update(self, terms, total)
+            if reason:
+                self.stop(reason)
+                return False
+        return True
+
+    def _decide(self) -> None:
+        self._start()
+        for hook in self.hooks:
+            if self.stopped:
+                return
+            reason = hook.decide(self)
+            if reason:
+                self.stop(reason, at_iter=self.last_val_iter)
+
+    def update_learning_rate(self, current_iter: int, warmup_iter: int = -1) -> None:
+        """As the model's; after a stop only the iteration counter moves (no wall time is charged)."""
+        self._decide()
+        if self.stopped:
+            self._mark = time.perf_counter()
+            self.current_iter = current_iter
+            return
+        super().update_learning_rate(current_iter, warmup_iter)
+
+    def feed_data(self, data: dict) -> None:
+        """As the model's; nothing after a stop."""
+        self._decide()
+        if not self.stopped:
+            super().feed_data(data)
+
+    def save(self, epoch: int, current_iter: int) -> None:
+        """As the model's; after a stop only the final ``latest`` save (``current_iter == -1``) happens."""
+        self._start()
+        if current_iter == -1:
+            self._decide()
+        if self.stopped and current_iter != -1:
+            return
+        super().save(epoch, current_iter)
+        if not self.stopped:
+            for hook in self.hooks:
+                hook.after_save(self)
+
+    def validation(self, dataloader, current_iter, tb_logger=None, save_img: bool = False) -> dict:
+        """As the model's, then the hooks (skipped once stopped, when the last metrics are returned)."""
+        if self.stopped and self.opt['is_train']:
+            return self.last_metrics
+        if self.opt['is_train']:
+            self._start()
+        result = super().validation(dataloader, current_iter, tb_logger, save_img)
+        if self.opt['is_train']:
+            self.last_val_iter = self.current_iter
+            for hook in self.hooks:
+                hook.after_validation(self, dataloader, result)
+        return result

@@ -1,0 +1,97 @@
+"""An oracle-free stop: forget until held-out forget-type outputs are no better than their degraded inputs, while
+every retained type stays within ``retain_delta`` of the ORIGINAL model; rewind when a retained type drops first.
+
+It uses only what a user has at deletion time: the original model (``path.pretrain_network_g``), held-out images
+of the forget type (val images the user set aside from their own forget set) and of the retained types.
+"""
+from basicsr_unlearn.unlearning.hooks import snapshot
+from basicsr_unlearn.unlearning.stops.criterion import STOP_REGISTRY, StopCriterion, load_frozen, mean_over
+
+
+@STOP_REGISTRY.register()
+class InputLevelStop(StopCriterion):
+    """Stop at the first validation round where both hold:
+
+    - **forgotten**: the mean val PSNR of the forget type(s) is ``<= PSNR(lq, gt) + margin`` — the degraded inputs'
+      own PSNR on the same held-out images, i.e. the identity mapping's level (a restorer that never learned the
+      degradation roughly passes it through);
+    - **retained**: every other val type is ``>= original - retain_delta`` (the original's PSNR on the same val
+      images, evaluated once from ``path.pretrain_network_g``).
+
+    If a retained type falls below ``original - retain_delta`` before that, stop and (``rewind: true``) restore the
+    validated weights with the lowest forget PSNR among the rounds that kept every retained type (the weights at
+    the start of training when none did) — SCRUB+R's rewind with a retain constraint. Otherwise the run ends at
+    ``total_iter`` (the budget). Validate often (``val.val_freq``): the rule only sees validation rounds.
+
+    Args:
+        de_name: forget type(s) (default ``datasets.train.forget``).
+        margin: dB above the input level still counted as forgotten (negative: demand outputs worse than inputs).
+        retain_delta: tolerated drop (dB) of each retained type against the original.
+        rewind: restore the best feasible round on a retained drop (False: stop with the current weights).
+
+    Example:
+        >>> stop = InputLevelStop(margin=0.0, retain_delta=0.3)
+        >>> stop.label
+        'oracle-free stop'
+    """
+
+    def __init__(self, de_name: str | list[str] | None = None, margin: float = 0.0, retain_delta: float = 0.3,
+                 rewind: bool = True) -> None:
+        super().__init__(de_name)
+        if not retain_delta >= 0:
+            raise ValueError(f'retain_delta: expected a number >= 0 (dB); got {retain_delta}')
+        self.margin, self.retain_delta, self.rewind = margin, retain_delta, rewind
+        self.input_level: dict[str, float] = {}
+        self.original: dict[str, float] = {}
+        self.net = None
+        self.round_state: dict | None = None
+        self.best: tuple[float, int, dict] | None = None  # (forget PSNR, iter, weights)
+
+    def before_train(self, model) -> None:
+        super().before_train(model)
+        self.best = (float('inf'), 0, snapshot(model.get_bare_model(model.net_g)))
+
+    def new_round(self, model) -> None:
+        if self.rewind:
+            self.round_state = snapshot(model.get_bare_model(model.net_g))
+
+    def after_loader(self, model, dataloader, result: dict) -> None:
+        """The input level of this loader's forget types and the original's PSNR on its other types (once)."""
+        forget = self.forget_names(model)
+        names = list(result['per_degradation'])
+        if any(n in forget for n in names):
+            level = self.baseline(model, dataloader, 'input', lambda lq: lq)
+            self.input_level.update({n: p for n, p in level.items() if n in forget})
+        if any(n not in forget for n in names):
+            if self.net is None:
+                path = model.opt['path']
+                self.net = load_frozen(model, path['pretrain_network_g'], path.get('strict_load_g', True),
+                                       path.get('param_key_g', 'params'))
+            original = self.baseline(model, dataloader, 'original', lambda lq: model.restore(lq, self.net))
+            self.original.update({n: p for n, p in original.items() if n not in forget})
+
+    def judge(self, model, table: dict[str, float]) -> str | None:
+        forget = [n for n in self.forget_names(model) if n in table and n in self.input_level]
+        if not forget:
+            return None
+        psnr, level = mean_over(table, forget), mean_over(self.input_level, forget) + self.margin
+        drops = {n: table[n] - self.original[n] for n in table if n in self.original}
+        worst = min(drops, key=drops.get) if drops else None
+        kept = worst is None or drops[worst] >= -self.retain_delta
+        model.train_log['stop'].update(input_level_psnr=level, original_psnr=dict(self.original), de_names=forget)
+        where = f'({", ".join(forget)}) at iter {self.table_iter}'
+        if kept:
+            if self.round_state is not None and psnr < self.best[0]:
+                self.best = (psnr, self.table_iter, self.round_state)
+            if psnr <= level:
+                return f'held-out forget PSNR {psnr:.3f} dB <= input level {level:.3f} dB {where}, retained types ' \
+                       f'within {self.retain_delta} dB of the original'
+            return None
+        reason = f'{worst} fell {-drops[worst]:.3f} dB below the original (> retain_delta {self.retain_delta}) {where}'
+        if not self.rewind:
+            return reason
+        best_psnr, best_iter, state = self.best
+        model.get_bare_model(model.net_g).load_state_dict(state)
+        model.train_log['stop']['rewound_to_iter'] = best_iter
+        shown = 'the starting weights' if best_iter == 0 else f'iter {best_iter} (forget PSNR {best_psnr:.3f} dB)'
+        return f'{reason}; rewound to {shown}'
