@@ -1,6 +1,8 @@
 """The launchers end to end on one process (tools/*.py and the console scripts): options, logs, checkpoints, metrics."""
+import importlib.metadata
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -10,6 +12,9 @@ import yaml
 from basicsr.archs.edsr_arch import EDSR
 from basicsr.metrics import calculate_psnr
 from helpers import PYTHON, run_tool, tiny_workspace, tool_env, write_yaml
+from packaging.specifiers import SpecifierSet
+
+import basicsr_unlearn
 
 
 def test_train_saves_merged_options_checkpoints_and_curves(tmp_path: Path) -> None:
@@ -80,3 +85,16 @@ def test_test_tool_writes_per_degradation_metrics(tmp_path: Path) -> None:
     assert abs(record['psnr'] - calculate_psnr(out, gt, 0)) < 1e-6
     assert abs(record['psnr_y'] - calculate_psnr(out, gt, 0, test_y_channel=True)) < 1e-6
     assert abs(record['psnr_y'] - record['psnr']) > 0.01  # the block's test_y_channel is used
+
+
+def test_installed_metadata_has_one_version_and_the_console_scripts() -> None:
+    meta = importlib.metadata.metadata('basicsr-unlearn')
+    assert meta['Version'] == basicsr_unlearn.__version__
+    assert SpecifierSet(meta['Requires-Python']) == SpecifierSet('>=3.10,<3.13') and sys.version_info[:2] >= (3, 10)
+    scripts = {e.name: e.value for e in importlib.metadata.entry_points(group='console_scripts')
+               if e.value.startswith('basicsr_unlearn.')}
+    assert scripts == {'basicsr-unlearn-train': 'basicsr_unlearn.launchers.train:main',
+                       'basicsr-unlearn-test': 'basicsr_unlearn.launchers.test:main'}
+    assert all(Path(PYTHON).with_name(name).is_file() for name in scripts)
+    requires = importlib.metadata.requires('basicsr-unlearn')
+    assert 'basicsr==1.4.2' in requires and 'scipy' in requires  # scipy: membership inference's rankdata
