@@ -33,9 +33,10 @@ def checkpoints(tmp_path_factory) -> tuple[str, str]:
     return str(original), str(tmp / 'adapted.pth')
 
 
-def build(name: str, tmp: Path, checkpoints: tuple[str, str]) -> UnlearnModel:
+def build(name: str, tmp: Path, checkpoints: tuple[str, str], **params) -> UnlearnModel:
+    """An UnlearnModel of method ``name`` (default parameters unless ``params``) from the fixture's original."""
     original, adapted = checkpoints
-    train = {'method': {'type': name}, 'optim_g': {'type': 'Adam', 'lr': 1e-4}}
+    train = {'method': {'type': name, **params}, 'optim_g': {'type': 'Adam', 'lr': 1e-4}}
     return UnlearnModel(options(tmp, train, original, pretrain_network_adapted=adapted))
 
 
