@@ -38,6 +38,7 @@ UNLEARN_METHODS = {  # report name -> its training stages (option file stems), r
     'scrub': ['scrub'],
     'adapt_then_unlearn': ['adapt-stage1', 'adapt-then-unlearn'],
     'task_vector': ['adapt-stage1', 'task-vector'],
+    'salun': ['salun'],
 }
 
 
