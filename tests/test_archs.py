@@ -8,6 +8,7 @@ from basicsr.archs import build_network
 from basicsr.models.base_model import BaseModel
 from basicsr.utils.registry import ARCH_REGISTRY
 
+from basicsr_unlearn import inference
 from basicsr_unlearn.archs.adair_arch import FreModule, soft_lowpass_mask
 from basicsr_unlearn.archs.restormer_blocks import LayerNorm
 
@@ -69,6 +70,21 @@ def test_any_input_size_restores_same_size(name: str, size: tuple[int, int]) -> 
         out = net(x)
     assert out.shape == x.shape
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_restore_pads_once_and_matches_the_arch_padding_itself(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """restore_image pads to the arch's multiple; the arch's own pad then finds nothing to do (no second copy)."""
+    net = build_tiny(name).eval()
+    x = torch.rand(1, 3, 30, 21)
+    with torch.no_grad():
+        direct = net(x)  # the arch pads by itself
+    calls = []
+    pad = inference.F.pad
+    monkeypatch.setattr(inference.F, 'pad', lambda *a, **k: calls.append(a[0].shape) or pad(*a, **k))
+    out = inference.restore_image(net, x, multiple=net.pad_multiple)
+    assert calls == [x.shape]
+    torch.testing.assert_close(out, direct)
 
 
 @pytest.mark.parametrize('name', NAMES)
