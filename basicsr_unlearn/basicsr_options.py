@@ -229,9 +229,10 @@ def _arch_kwargs(block: dict, where: str) -> None:
     check_keys({k: v for k, v in block.items() if k != 'type'}, [k for k in params if k != 'self'], where)
 
 
-def check_path(opt: dict) -> None:
+def check_path(opt: dict, is_train: bool) -> None:
     """``path``: known keys; ``resume_state`` and every ``pretrain_network_*`` readable, finite, and fitting its
-    ``network_*`` block (built on the CPU) with ``param_key_*`` / ``strict_load_*``."""
+    ``network_*`` block (built on the CPU) with ``param_key_*`` / ``strict_load_*``; testing needs
+    ``pretrain_network_g``."""
     from basicsr.utils.registry import ARCH_REGISTRY
 
     paths = opt.get('path') or {}
@@ -247,6 +248,9 @@ def check_path(opt: dict) -> None:
             check_choice(value, (True, False), f'path.{key}')
         elif key.startswith('param_key_') and value is not None and not isinstance(value, str):
             raise ValueError(f'path.{key}: expected a key of the checkpoint (params, params_ema) or ~, got {value!r}')
+    if not is_train and not paths.get('pretrain_network_g'):
+        raise ValueError('path.pretrain_network_g: required for testing (without it the test scores a randomly '
+                         'initialised network)')
     if paths.get('resume_state') is not None:
         read_checkpoint(osp.expanduser(str(paths['resume_state'])), 'path.resume_state')
     for key, value in paths.items():
@@ -277,4 +281,4 @@ def check_basicsr_options(opt: dict, model_cls: type, is_train: bool) -> None:
         check_train(opt, model_cls)
         check_logger(opt)
     check_val(opt, is_train)
-    check_path(opt)
+    check_path(opt, is_train)

@@ -247,6 +247,16 @@ def test_the_tiny_options_are_valid(workspace: Path) -> None:
     validate_options(_apply(tiny_train_options(workspace / 'data'), ok, workspace))  # deliberate fine-tuning
 
 
+def test_testing_needs_a_checkpoint(workspace: Path) -> None:
+    opt = tiny_train_options(workspace / 'data')
+    opt['datasets'] = {'test_1': opt['datasets']['val']}
+    with pytest.raises(ValueError, match=r'^path\.pretrain_network_g: required for testing \(without it the test '
+                                         r'scores a randomly initialised network\)'):
+        validate_options(opt, is_train=False)
+    opt['path']['pretrain_network_g'] = str(workspace / 'good.pth')
+    validate_options(opt, is_train=False)
+
+
 @pytest.mark.parametrize('case', list(OPTION_CASES))
 def test_bad_option_fails_validation_naming_it(workspace: Path, case: str, monkeypatch) -> None:
     changes, message = OPTION_CASES[case]
