@@ -66,6 +66,7 @@ def construct(cls: type, params: dict, where: str) -> Any:
     Raises:
         ValueError: unknown or missing key, a value of the wrong type, or a value ``cls`` itself rejects, each
             naming ``where`` (e.g. ``'train.guard'``); ``cls`` names a rejected parameter as ``'<name>: ...'``.
+        FileNotFoundError: a file ``cls`` needs is missing (same naming).
     """
     signature = inspect.signature(cls)
     check_keys(params, signature.parameters, where)
@@ -79,9 +80,9 @@ def construct(cls: type, params: dict, where: str) -> Any:
             raise ValueError(f'{where}.{key}: expected {describe(hints[key])}; got {params[key]!r}')
     try:
         return cls(**params)
-    except ValueError as err:  # 'tau: ...' (a parameter of cls) -> 'train.method.tau: ...'
+    except (ValueError, FileNotFoundError) as err:  # 'tau: ...' (a parameter of cls) -> 'train.method.tau: ...'
         own = str(err).split(':', 1)[0] in signature.parameters
-        raise ValueError(f"{where}{'.' if own else ': '}{err}") from err
+        raise type(err)(f"{where}{'.' if own else ': '}{err}") from err
 
 
 def build(registry: Any, block: Any, where: str) -> Any:

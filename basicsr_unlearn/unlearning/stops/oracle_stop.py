@@ -34,7 +34,7 @@ class OracleStop(StopCriterion):
         if (reference is None) == (forget_psnr is None):
             raise ValueError('reference: expected exactly one of reference (a checkpoint) or forget_psnr (dB)')
         if reference is not None and not osp.isfile(osp.expanduser(reference)):
-            raise ValueError(f'reference: file not found: {reference}')
+            raise FileNotFoundError(f'reference: file not found: {reference}')
         self.reference, self.forget_psnr, self.margin = reference, forget_psnr, margin
         self.targets: dict[str, float] = {}
         self.net = None
