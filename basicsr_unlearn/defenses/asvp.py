@@ -230,8 +230,10 @@ class ASVP:
     Args:
         targets: module names or ``fnmatch`` globs over ``net.named_modules()`` (e.g. ``['encoder_level3',
             'decoder_level*']``); each must match at least one module.
-        k: rank to amplify, an int >= 1 or ``'energy:<tau>'`` (adaptive: smallest k holding fraction tau).
-        h: gain > 0 (``1`` = identity).
+        k: rank to amplify, an int >= 1 below the rank of the hooked matrices (checked on every forward, as it
+            depends on the feature size), or ``'energy:<tau>'`` with 0 < tau < 1 (adaptive: smallest k holding
+            fraction tau).
+        h: gain > 0 other than 1 (``1`` is the identity and is rejected).
         layout: ``'channel_space'`` (per sample C x HW) or ``'channel_map'`` (per channel H x W).
         mode: ``'exposed'`` (output bit-identical, taps see F') or ``'inline'`` (F' replaces F).
         randomize: ``None`` or ``{'k': [lo, hi], 'h': [lo, hi]}``: per-query k uniform in [lo, hi] and h
