@@ -82,3 +82,21 @@ def test_torchrun_two_process_unlearning(workspace: tuple[Path, str]) -> None:
     assert set(log['stop']['original_psnr']) == {'noise15', 'noise25', 'noise50', 'rain'}  # judged on both ranks' data
     assert 'world_size: 2' in next(exp.glob('train_*.log')).read_text()
     assert (exp / 'models' / 'net_g_latest.pth').is_file()
+
+
+@pytest.mark.parametrize('name, train, args, message', [
+    ('no_pretrained', {}, ['path.pretrain_network_g=None'], 'path.pretrain_network_g: required'),
+    ('ga_without_forget', {'method': {'type': 'GradientAscent'}},
+     ['datasets.train.role_group.forget=0', 'datasets.train.role_group.retain=2',
+      'datasets.train.role_group.retain_only=True'],
+     'datasets.train.role_group.forget: 0, but train.method GradientAscent needs forget samples'),
+    ('bad_tau', {}, ['train.method.tau=abc'], "train.method.tau: expected a number or 'input'; got 'abc'"),
+])
+def test_launcher_refuses_bad_unlearning_options_before_creating_folders(workspace: tuple[Path, str], name: str,
+                                                                         train: dict, args: list[str],
+                                                                         message: str) -> None:
+    cwd, pretrained = workspace
+    option_file = unlearn_yaml(cwd, pretrained, name, 3, **train)
+    proc = run_tool('train.py', ['-opt', option_file, *(['--cfg-options', *args] if args else [])], cwd)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+    assert not (cwd / 'experiments' / name).exists() and not (cwd / 'tb_logger' / name).exists()
