@@ -84,10 +84,10 @@ def test_build_report_numbers_and_verdicts():
 
 
 def test_attack_verdicts():
-    row = {'mia_calibrated': {'auc': 0.3}, 'forget_quality': {'p_value': 0.04}, 'relearn': {'excess_db': 0.3}}
-    assert attack_verdicts(row, {'relearn_excess_db': -0.4}, 0.25) == {
+    row = {'mia_calibrated': {'auc': 0.3}, 'forget_quality': {'p_value': 0.04}, 'relearn': {'lead_db': 0.3}}
+    assert attack_verdicts(row, {'relearn_lead_db': -0.4}, 0.25) == {
         'calibrated_mia': True, 'forget_quality': False, 'relearning': True}  # |0.3-0.5| <= .25; .04 < .05; .3 <= .4
-    row = {'mia_calibrated': {'auc': 0.8}, 'forget_quality': {'p_value': 0.5}, 'relearn': {'excess_db': 0.6}}
+    row = {'mia_calibrated': {'auc': 0.8}, 'forget_quality': {'p_value': 0.5}, 'relearn': {'lead_db': 0.6}}
     assert attack_verdicts(row, None, 0.25) == {  # without a floor the relearning tolerance is the 0.5 dB goal
         'calibrated_mia': False, 'forget_quality': True, 'relearning': False}
     assert attack_verdicts({'mia_calibrated': None, 'forget_quality': None, 'relearn': None}, None, 0.2) == {

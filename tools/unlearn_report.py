@@ -7,7 +7,7 @@ Usage:
         --reference experiments/train_promptir-tiny_demo3-wo-haze_l1_2kit_seed1 \\
         --method ga_adv=experiments/unlearn_ga-adv_s0,experiments/unlearn_ga-adv_s1,experiments/unlearn_ga-adv_s2 \\
         --method adapt_then_unlearn=experiments/adapt+experiments/repulse \\
-        --forget haze --out results/unlearn_haze [--relearn-pairs 4 --relearn-steps 10,25,50 --relearn-lr 5e-4]
+        --forget haze --out results/unlearn_haze [--relearn-pairs 4 --relearn-steps 10,25,50 --relearn-lr 2e-4]
 
 A model is a checkpoint ``.pth`` or an experiment folder (``models/net_g_latest.pth``, ``train_log.json`` for the
 wall time, the saved option YAML for the oracle-stop label); ``+`` joins the stages of a multi-stage method; ``,``
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--y-channel', action='store_true', help='PSNR/SSIM on the Y channel (default RGB)')
     parser.add_argument('--crop-border', type=int, default=0, help='pixels cropped at each border for metrics')
     relearn = parser.add_argument_group('relearning attack (defaults: the option file\'s relearn block, else 4 '
-                                        'pairs, 10,25,50 steps, lr 5e-4, seed 0, 64-px crops)')
+                                        'pairs, 10,25,50 steps, lr 2e-4, seed 0, 48-px crops)')
     relearn.add_argument('--relearn-pairs', type=int, help='k forgotten-type pairs fine-tuned on; 0 skips the attack')
     relearn.add_argument('--relearn-steps', type=parse_steps, help='cumulative step budgets, e.g. 10,25,50')
     relearn.add_argument('--relearn-lr', type=float, help='Adam learning rate')

@@ -27,9 +27,9 @@ class RelearnOptions:
 
     pairs: int = 4
     steps: tuple[int, ...] = (10, 25, 50)
-    lr: float = 5e-4
+    lr: float = 2e-4
     seed: int = 0
-    patch: int = 64
+    patch: int = 48
 
     def __post_init__(self) -> None:
         if self.pairs < 1:

@@ -105,7 +105,7 @@ def main_table(report: dict) -> str:
                f'p-value of per-image {forget} PSNRs vs the reference (1 = indistinguishable); relearn steps = '
                'fine-tuning steps to regain the original\'s forgotten-type PSNR; attacks passed: calibrated AUC within '
                f'{report["mia_null_band"]:.3f} of 0.5 (two null standard deviations), KS p ≥ {report["ks_alpha"]}, '
-               'relearning lead over the reference within the noise floor (else within the forget-gap goal).\n\n')
+               'mean relearning lead over the reference within the noise floor (else within the forget-gap goal).\n\n')
     return caption + markdown_table(header, rows)
 
 
@@ -182,17 +182,18 @@ def _distance_section(report: dict) -> list[str]:
 def _relearn_section(report: dict) -> list[str]:
     settings, forget, floor = report['relearn'], report['forget'], report['noise_floor']
     steps = settings['curve_steps']
-    header = ['model', *[f'{s} steps' for s in steps], 'steps to original', 'excess vs reference (dB)']
+    header = ['model', *[f'{s} steps' for s in steps], 'steps to original', 'mean lead over reference (dB)']
     rows = [[label(m), *[plus_minus_at(m, 'relearn', 'psnr', i) for i in range(len(steps))], _steps(m),
-             plus_minus_at(m, 'relearn', 'excess_db')] for m in report['models'] if m.get('relearn')]
-    floor_text = ('' if floor is None or 'relearn_excess_db' not in floor else
-                  f' The second reference\'s excess, {floor["relearn_excess_db"]:+.2f} dB, is the noise floor.')
+             plus_minus_at(m, 'relearn', 'lead_db')] for m in report['models'] if m.get('relearn')]
+    floor_text = ('' if floor is None or 'relearn_lead_db' not in floor else
+                  f' The second reference\'s lead, {floor["relearn_lead_db"]:+.2f} dB, is the noise floor.')
     return ['## Relearning attack\n',
             f'Each model is fine-tuned (a copy; Adam lr {settings["lr"]:g}, L1, seed {settings["seed"]}) on '
             f'{settings["pairs"]} {forget} pairs of the members set, random {settings["patch"]}-px crops, '
             f'and its held-out {forget} PSNR (dB) is measured after each budget. Steps to original = the first budget '
-            f'at which it reaches the original\'s {settings["target_db"]:.2f} dB. Excess = the largest lead over the '
-            'reference after the same fine-tuning: well above the floor means the skill was hidden, not removed; '
+            f'at which it reaches the original\'s {settings["target_db"]:.2f} dB. Mean lead = PSNR minus the '
+            'reference\'s PSNR after the same fine-tuning, averaged over the budgets (steadier than one budget on a '
+            'few pairs): well above the floor means the skill was hidden, not removed; '
             f'at or below it, the model relearns no faster than a model that never learned {forget}.{floor_text}\n',
             markdown_table(header, rows), f'![relearning recovery curves]({CHARTS["relearn"]})\n']
 
