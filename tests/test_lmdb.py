@@ -91,7 +91,8 @@ def test_lmdb_sources_check_keys_and_labels(demo_root, tmp_path):
     create_lmdb.main(['--gt', str(few / 'lq'), '--out-gt', str(tmp_path / 'few_lq.lmdb')])
     with pytest.raises(ValueError, match=r"key '.*' of .*train_rain_gt\.lmdb is missing from .*few_lq\.lmdb"):
         build_dataset({**opt, 'sources': [{**src, 'dataroot_lq': str(tmp_path / 'few_lq.lmdb')}]})
-    with pytest.raises(FileNotFoundError, match=r'nowhere\.lmdb: LMDB has no meta_info\.txt'):
+    with pytest.raises(FileNotFoundError, match=r'sources\[0\]\.dataroot_lq: .*nowhere\.lmdb: not an LMDB folder '
+                                                r'\(no data\.mdb\)'):
         build_dataset({**opt, 'sources': [{**src, 'dataroot_lq': str(tmp_path / 'nowhere.lmdb')}]})
 
 
