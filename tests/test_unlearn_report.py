@@ -143,7 +143,7 @@ def test_seeds_mean_std_and_noise_floor_from_two_references():
     assert table.rstrip().endswith('goal (oracle stop) |')
 
 
-def _experiment(root, name, wall, val_psnr=None, stop_rule=None):
+def _experiment(root, name, wall, val_psnr=None, stop=None):
     folder = root / name
     (folder / 'models').mkdir(parents=True)
     torch.save({'params': {'w': torch.full((2,), wall)}}, folder / 'models' / 'net_g_latest.pth')
@@ -151,9 +151,9 @@ def _experiment(root, name, wall, val_psnr=None, stop_rule=None):
            for it, p in enumerate(val_psnr or [], start=1)]
     log = {'wall_time_s': wall, 'iter': len(val), 'loss': [[i, 1.0 / i] for i in range(1, 5)], 'val': val}
     (folder / 'train_log.json').write_text(json.dumps(log))
-    if stop_rule is not None:  # what BasicSR's copy_opt_file leaves in the experiment folder
+    if stop is not None:  # what BasicSR's copy_opt_file leaves in the experiment folder
         (folder / f'{name}.yml').write_text('# GENERATE TIME: now\n# CMD: x\n'
-                                            + yaml.safe_dump({'name': name, 'train': {'stop_rule': stop_rule}}))
+                                            + yaml.safe_dump({'name': name, 'train': stop}))
     return folder
 
 
@@ -178,13 +178,16 @@ def test_resolve_model_folders_files_stages_and_seeds(tmp_path):
 
 
 def test_oracle_stop_label_from_saved_options_and_train_log(tmp_path):
-    oracle = _experiment(tmp_path, 'ga_oracle', 5.0, stop_rule={'reference': 'experiments/ref/net.pth', 'margin': 0.3})
-    free = _experiment(tmp_path, 'ga_free', 5.0, stop_rule={'forget_psnr': 17.0})
-    assert used_oracle_stop(oracle) and not used_oracle_stop(free)
+    oracle = _experiment(tmp_path, 'ga_oracle', 5.0, stop={'stop': {'type': 'OracleStop', 'forget_psnr': 16.0}})
+    legacy = _experiment(tmp_path, 'ga_legacy', 5.0, stop={'stop_rule': {'reference': 'experiments/ref/net.pth'}})
+    free = _experiment(tmp_path, 'ga_free', 5.0, stop={'stop': {'type': 'InputLevelStop', 'margin': 0.0}})
+    assert used_oracle_stop(oracle) and used_oracle_stop(legacy) and not used_oracle_stop(free)
     assert resolve_model('ga', 'method', f'{free}+{oracle}', '--method ga').oracle_stop  # any stage counts
-    log = json.loads((oracle / 'train_log.json').read_text())
-    (oracle / 'train_log.json').write_text(json.dumps({**log, 'stop': {'rule': 'rewind', 'oracle': False}}))
-    assert not used_oracle_stop(oracle)  # the run's own record wins over the options
+    for folder, label in ((oracle, False), (free, True)):  # the run's own record (stop criterion) wins
+        log = json.loads((folder / 'train_log.json').read_text())
+        stop = {'type': 'X', 'oracle': label, 'label': 'oracle stop' if label else 'oracle-free stop'}
+        (folder / 'train_log.json').write_text(json.dumps({**log, 'stop': stop}))
+        assert used_oracle_stop(folder) is label
 
 
 def test_split_test_sets():
@@ -230,11 +233,11 @@ def _tool_workspace(tmp_path):
            'network_g': {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1,
                          'upscale': 1, 'img_range': 1.0, 'rgb_mean': [0.5, 0.5, 0.5]}}
     runs = [('orig', 1000.0, None), ('ref', 800.0, None), ('ref_s1', 810.0, None), ('ga', 40.0, None),
-            ('ga_s1', 44.0, {'reference': 'experiments/ref/models/net_g_latest.pth'})]
-    for seed, (name, wall, stop_rule) in enumerate(runs):
+            ('ga_s1', 44.0, {'stop': {'type': 'OracleStop', 'reference': 'experiments/ref/models/net_g_latest.pth'}})]
+    for seed, (name, wall, stop) in enumerate(runs):
         torch.manual_seed(seed)
         net = build_network(dict(opt['network_g']))
-        folder = _experiment(tmp_path / 'experiments', name, wall, [20.0, 21.0, 21.5, 21.6], stop_rule)
+        folder = _experiment(tmp_path / 'experiments', name, wall, [20.0, 21.0, 21.5, 21.6], stop)
         torch.save({'params': net.state_dict()}, folder / 'models' / 'net_g_latest.pth')
     return write_yaml(tmp_path / 'test.yml', opt), opt
 

@@ -59,8 +59,9 @@ def _saved_options(folder: Path) -> list[dict]:
 def used_oracle_stop(folder: Path) -> bool:
     """Whether the run in ``folder`` was stopped by looking at a retrained reference.
 
-    Its ``train_log.json`` may say so (a ``stop`` entry with ``oracle: true``); otherwise its saved options are read:
-    a ``train.stop_rule`` naming a ``reference`` checkpoint (or flagged ``oracle``) steered the run by the answer.
+    Its ``train_log.json`` says so when the stop criterion labelled it (``stop: {type, oracle, label}``); otherwise
+    (older runs) its saved options are read: a ``train.stop`` of type ``OracleStop``, or a ``train.stop`` /
+    ``train.stop_rule`` naming a ``reference`` checkpoint, steered the run by the answer.
     """
     log_path = folder / 'train_log.json'
     if log_path.is_file():
@@ -68,9 +69,10 @@ def used_oracle_stop(folder: Path) -> bool:
         if isinstance(stop, dict) and 'oracle' in stop:
             return bool(stop['oracle'])
     for opt in _saved_options(folder):
-        rule = (opt.get('train') or {}).get('stop_rule') or {}
-        if isinstance(rule, dict) and (rule.get('reference') or rule.get('oracle')):
-            return True
+        train = opt.get('train') or {}
+        for rule in (train.get('stop'), train.get('stop_rule')):
+            if isinstance(rule, dict) and (rule.get('type') == 'OracleStop' or rule.get('reference')):
+                return True
     return False
 
 
