@@ -15,6 +15,7 @@ from basicsr_unlearn.evaluation.metrics import evaluate
 from basicsr_unlearn.losses.criteria import per_sample_loss
 from basicsr_unlearn.models.all_in_one_model import AllInOneModel
 from basicsr_unlearn.models.unlearn_model import UnlearnModel
+from basicsr_unlearn.unlearning.hooks import HookedTraining
 from basicsr_unlearn.unlearning.stops.input_level_stop import InputLevelStop
 
 SIZE = 16
@@ -268,6 +269,21 @@ def test_input_level_stop_rewinds_to_the_best_round_that_kept_retained_types(tmp
     assert model.stopped and 'noise25 fell' in model.stop_reason and 'rewound to iter 1' in model.stop_reason
     assert same(weights(model), at_round)
     assert model.train_log['stop']['rewound_to_iter'] == 1
+
+
+def test_stop_hooks_work_in_any_all_in_one_model(tmp_path: Path, pretrained: str) -> None:
+    class HookedAllInOne(HookedTraining, AllInOneModel):  # plain training (SRModel's step) with a stop criterion
+        def init_training_settings(self) -> None:
+            self.hooks = [InputLevelStop(de_name='haze', margin=60.0)]
+            super().init_training_settings()
+
+    model = HookedAllInOne(options(tmp_path, ADAM, pretrained, model_type='AllInOneModel'))
+    validate(model, 3)
+    model.update_learning_rate(4)
+    assert model.stopped and model.train_log['stopped']['iter'] == 3
+    assert model.stop_reason.startswith('oracle-free stop: held-out forget PSNR')
+    model.save(0, 4)
+    assert not (tmp_path / 'models' / 'net_g_4.pth').exists()
 
 
 # ---------------------------------------------------------------- divergence guard

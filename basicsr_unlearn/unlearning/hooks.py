@@ -73,7 +73,7 @@ class HookedTraining:
     first call of the loop (the model is fully built then, ``train_log`` included).
     """
 
-    hooks: list[TrainingHook] = []
+    hooks: list[TrainingHook] | tuple = ()
     stopped = False
     stop_reason = ''
     last_val_iter = 0
