@@ -5,9 +5,11 @@ import math
 import subprocess
 from pathlib import Path
 
+import pytest
 from helpers import ROOT, tool_env
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_mode_prints_the_table(tmp_path: Path) -> None:
     out = tmp_path / 'gpu_check.json'
     done = subprocess.run(['bash', str(ROOT / 'bench' / 'gpu_check.sh'), '--dry', '--json', str(out)], cwd=tmp_path,

@@ -4,6 +4,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 from helpers import ROOT, TORCHRUN, free_port, tool_env, write_yaml
 
 BASE = ROOT / 'options' / '_base_'
@@ -34,6 +35,7 @@ def two_nodes(option_file: str, cwd: Path, run_id: str) -> list[subprocess.Compl
     return done
 
 
+@pytest.mark.slow
 def test_two_node_torchrun_trains_then_unlearns(demo_root: Path) -> None:
     cwd = demo_root.parents[1]
     train = {'_base_': [str(BASE / 'runtime.yml'), str(BASE / 'datasets' / 'demo3.yml')],
