@@ -110,8 +110,12 @@ class LmdbReader:
         path: the ``X.lmdb`` folder.
 
     Example:
-        >>> reader = LmdbReader('datasets/demo/lmdb/train_clean.lmdb')
-        >>> png_bytes = reader.get(reader.keys()[0])
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> paths = write_lmdbs({'gt': f'{folder}/x.lmdb'}, [('a', {'gt': np.zeros((4, 4, 3), np.uint8)})])
+        >>> reader = LmdbReader(paths['gt'])
+        >>> reader.keys(), reader.get('a')[1:4]
+        (['a'], b'PNG')
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
