@@ -145,3 +145,14 @@ def test_unlearning_starts_from_the_converted_official_promptir(workspace: Path)
     after = torch.load(models / 'net_g_latest.pth', weights_only=True)['params']
     assert set(after) == set(before)
     assert any(not torch.equal(after[k], before[k]) for k in before)
+
+
+def test_pair_lists_name_the_lq_image_without_gt(tmp_path: Path) -> None:
+    rainy = tmp_path / 'data' / 'Train' / 'Derain' / 'rainy'
+    (tmp_path / 'data' / 'Train' / 'Derain' / 'gt').mkdir(parents=True)
+    rainy.mkdir(parents=True)
+    cv2.imwrite(str(rainy / 'rain-7.png'), np.zeros((8, 8, 3), np.uint8))
+    done = run_tool('make_pair_lists.py', ['--root', 'data'], tmp_path)
+    assert done.returncode == 1
+    assert 'data/Train/Derain/rainy/rain-7.png: no GT image named norain-7.* in data/Train/Derain/gt' in done.stderr
+    assert not (tmp_path / 'data' / 'Train' / 'Derain' / 'pairs.txt').exists()
