@@ -7,7 +7,8 @@ their prompt stage. Degradation-specific parts: ``prompt1..3`` (prompt generatio
 
 Deviations from the reference: the six 1x1 convs the reference builds but never calls (``chnl_reduce1..3``,
 ``reduce_noise_channel_1..3``; 215,296 parameters) are omitted, so every parameter gets a gradient and DDP needs no
-``find_unused_parameters`` (load reference checkpoints with ``strict_load_g: false`` or after dropping those keys).
+``find_unused_parameters``; official checkpoints (Lightning ``.ckpt``, keys ``net.*``) are converted with
+``tools/convert_checkpoint.py``, which drops those keys (``strict_load_g: false`` would silently load nothing).
 ``decoder=False`` builds the plain Restormer (the reference's is a shape mismatch). Prompt widths, sizes and length,
 hard-coded in the reference, are arguments. Defaults give 35,376,967 parameters.
 """
