@@ -85,7 +85,7 @@ def test_build_report_numbers_and_verdicts():
 
 def test_attack_verdicts():
     row = {'mia_calibrated': {'auc': 0.3}, 'forget_quality': {'p_value': 0.04}, 'relearn': {'lead_db': 0.3}}
-    assert attack_verdicts(row, {'relearn_lead_db': -0.4}, 0.25) == {
+    assert attack_verdicts(row, {'relearn_curve_gap_db': 0.4}, 0.25) == {
         'calibrated_mia': True, 'forget_quality': False, 'relearning': True}  # |0.3-0.5| <= .25; .04 < .05; .3 <= .4
     row = {'mia_calibrated': {'auc': 0.8}, 'forget_quality': {'p_value': 0.5}, 'relearn': {'lead_db': 0.6}}
     assert attack_verdicts(row, None, 0.25) == {  # without a floor the relearning tolerance is the 0.5 dB goal
@@ -323,6 +323,12 @@ def test_tool_writes_matching_report(tmp_path):
     curve = relearn_curve(net, pairs, lambda n: np.mean([r['psnr'] for r in haze_psnr(n)]),
                           RelearnOptions(pairs=2, steps=(2, 4), lr=1e-3, seed=3, patch=16))
     assert ref['relearn']['psnr'][1:] == pytest.approx(curve, abs=1e-4)
+    ref_curve = np.array(ref['relearn']['psnr'][1:])
+    assert ref2['relearn']['curve_gap_db'] == pytest.approx(np.mean(np.abs(np.array(ref2['relearn']['psnr'][1:])
+                                                                             - ref_curve)))
+    assert report['noise_floor']['relearn_curve_gap_db'] == pytest.approx(ref2['relearn']['curve_gap_db'])
+    for seed in ga['seeds']:
+        assert seed['relearn']['lead_db'] == pytest.approx(np.mean(np.array(seed['relearn']['psnr'][1:]) - ref_curve))
     text = (out / 'report.md').read_text()
     for section in ('## Gaps to the retrained reference', '## Membership inference on haze',
                     '## Distance to retraining on held-out haze', '## Relearning attack', 'No-membership level',

@@ -185,8 +185,9 @@ def _relearn_section(report: dict) -> list[str]:
     header = ['model', *[f'{s} steps' for s in steps], 'steps to original', 'mean lead over reference (dB)']
     rows = [[label(m), *[plus_minus_at(m, 'relearn', 'psnr', i) for i in range(len(steps))], _steps(m),
              plus_minus_at(m, 'relearn', 'lead_db')] for m in report['models'] if m.get('relearn')]
-    floor_text = ('' if floor is None or 'relearn_lead_db' not in floor else
-                  f' The second reference\'s lead, {floor["relearn_lead_db"]:+.2f} dB, is the noise floor.')
+    floor_text = ('' if floor is None or 'relearn_curve_gap_db' not in floor else
+                  ' Noise floor: the two references\' curves lie a mean '
+                  f'{floor["relearn_curve_gap_db"]:.2f} dB apart (mean |PSNR_B − PSNR_A| over the budgets).')
     return ['## Relearning attack\n',
             f'Each model is fine-tuned (a copy; Adam lr {settings["lr"]:g}, L1, seed {settings["seed"]}) on '
             f'{settings["pairs"]} {forget} pairs of the members set, random {settings["patch"]}-px crops, '

@@ -264,9 +264,10 @@ def _run_entry(s: ModelScores, original: ModelScores, reference: ModelScores, ca
     entry['worst_retain_change_db'] = min(entry['retain_change_db'].values(), default=0.0)
     if s.relearn_psnr is not None and reference.relearn_psnr is not None:
         curve = [psnr[forget], *s.relearn_psnr]  # step 0 = the model as it is
+        leads = np.subtract(s.relearn_psnr, reference.relearn_psnr)  # after each budget
         steps = steps_to_reach([0, *relearn_steps], curve, orig_psnr[forget])
         entry['relearn'] = {'psnr': curve, 'steps_to_original': steps, 'reached': float(steps is not None),
-                            'lead_db': float(np.mean(np.subtract(s.relearn_psnr, reference.relearn_psnr)))}
+                            'lead_db': float(np.mean(leads)), 'curve_gap_db': float(np.mean(np.abs(leads)))}
     return entry
 
 
@@ -280,14 +281,15 @@ def _aggregate(name: str, role: str, runs: list[ModelScores], entries: list[dict
 
 def noise_floor(reference_rows: list[dict]) -> dict | None:
     """Gaps of the extra references to the first one (mean over them): the level of "indistinguishable from
-    retraining" (``FLOOR_KEYS`` and, with the relearning attack, ``relearn_lead_db``); ``None`` with one reference.
+    retraining" (``FLOOR_KEYS`` and, with the relearning attack, ``relearn_curve_gap_db``: how far apart two
+    retrainings' recovery curves lie); ``None`` with one reference.
     """
     extra = reference_rows[1:]
     if not extra:
         return None
     floor = {key: float(np.mean([row[key] for row in extra])) for key in FLOOR_KEYS}
     if all(row.get('relearn') for row in extra):
-        floor['relearn_lead_db'] = float(np.mean([row['relearn']['lead_db'] for row in extra]))
+        floor['relearn_curve_gap_db'] = float(np.mean([row['relearn']['curve_gap_db'] for row in extra]))
     return floor
 
 
@@ -296,11 +298,11 @@ def attack_verdicts(row: dict, floor: dict | None, mia_band: float) -> dict[str,
 
     - ``calibrated_mia``: calibrated AUC within ``mia_band`` (two null standard deviations) of 0.5;
     - ``forget_quality``: KS p-value >= :data:`KS_ALPHA`;
-    - ``relearning``: mean lead over the reference after the same fine-tuning budgets at most the second reference's
-      (absolute) lead, or at most the forget-gap goal without a second reference.
+    - ``relearning``: mean lead over the reference after the same fine-tuning budgets at most the distance between
+      the two references' recovery curves, or at most the forget-gap goal without a second reference.
     """
     calibrated, quality, relearn = row['mia_calibrated'], row['forget_quality'], row['relearn']
-    tolerance = abs(floor['relearn_lead_db']) if floor and 'relearn_lead_db' in floor else GOALS['forget_gap_db']
+    tolerance = floor.get('relearn_curve_gap_db', GOALS['forget_gap_db']) if floor else GOALS['forget_gap_db']
     return {'calibrated_mia': None if calibrated is None else abs(calibrated['auc'] - 0.5) <= mia_band,
             'forget_quality': None if quality is None else quality['p_value'] >= KS_ALPHA,
             'relearning': None if relearn is None else relearn['lead_db'] <= tolerance}
