@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,9 @@ from basicsr_unlearn.models.all_in_one_model import AllInOneModel
 from basicsr_unlearn.models.unlearn_model import UnlearnModel
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'tests'))
+from helpers import descendants, free_port  # noqa: E402  (the tests' process helpers)
+
 TRAIN_RECIPE = ROOT / 'options' / 'train' / 'train_promptir_3task_l1_120ep.yml'
 UNLEARN_RECIPE = ROOT / 'options' / 'unlearn' / 'unlearn_promptir-official_3task_ga-adv_2kit.yml'
 TINY_ARCH = ROOT / 'options' / '_base_' / 'archs' / 'promptir-tiny.yml'
@@ -110,30 +112,6 @@ def step_costs(dry: bool, device: torch.device, tmp: Path) -> dict:
     results['unlearn_step_ratio'] = seconds / fp32
     results['unlearn_method'] = opt['train']['method']['type']
     return results
-
-
-def descendants(pid: int) -> list[int]:
-    """Pids of every descendant of ``pid`` (torchrun starts its workers in their own process groups)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path('/proc').iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / 'stat').read_text().rsplit(')', 1)[1].split()[1])
-            except (OSError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def kill_then_resume(dry: bool, tmp: Path) -> dict:

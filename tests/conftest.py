@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 import basicsr_unlearn  # noqa: F401  (before anything of basicsr)
 
@@ -18,3 +19,12 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp('demo_data') / 'datasets' / 'demo'
     build_demo(root, size='tiny', lmdb=True)
     return root
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """One torch thread for a module: tiny nets run faster so, much faster when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -10,6 +10,11 @@ import yaml
 from skimage import data as skdata
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY_EDSR = {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': 1,
+             'img_range': 1.0, 'rgb_mean': [0.5, 0.5, 0.5]}  # BasicSR's arch, scale 1, 3k parameters
+CONSTANT_SCHEDULE = {'warmup_iter': -1, 'optim_g': {'type': 'Adam', 'lr': 1e-3},
+                     'scheduler': {'type': 'MultiStepRestartLR', 'milestones': [1000], 'gamma': 1.0}}
+LAUNCHER_LOADER = {'gt_size': 32, 'num_worker_per_gpu': 0, 'persistent_workers': False}
 PYTHON = sys.executable
 TORCHRUN = str(Path(PYTHON).with_name('torchrun'))
 
@@ -78,8 +83,7 @@ def tiny_train_options(data_root: str | os.PathLike, name: str = 'tiny', total_i
             'val': {**paired, 'name': 'noise25', 'dataroot_gt': str(root / 'val/gt'),
                     'dataroot_lq': str(root / 'val/lq')},
         },
-        'network_g': {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': 1,
-                      'img_range': 1.0, 'rgb_mean': [0.5, 0.5, 0.5]},
+        'network_g': dict(TINY_EDSR),
         'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
         'train': {'optim_g': {'type': 'AdamW', 'lr': 1e-3, 'weight_decay': 0.0, 'betas': [0.9, 0.99]},
                   'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [total_iter], 'eta_min': 1e-5},
@@ -105,6 +109,24 @@ def tiny_workspace(tmp: Path, total_iter: int = 6, name: str = 'tiny', **overrid
     write_noisy_pairs(tmp / 'data' / 'train', count=4, size=32, seed=1)
     write_noisy_pairs(tmp / 'data' / 'val', count=3, size=28, seed=2)
     return write_yaml(tmp / f'{name}.yml', tiny_train_options(tmp / 'data', name, total_iter, **overrides))
+
+
+def descendants(pid: int) -> list[int]:
+    """Pids of every descendant of ``pid`` (torchrun starts its workers in their own process groups)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path('/proc').iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / 'stat').read_text().rsplit(')', 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
 
 
 def free_port() -> int:

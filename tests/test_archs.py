@@ -20,13 +20,7 @@ TAPS = ('encoder_level1', 'encoder_level2', 'encoder_level3', 'latent', 'decoder
         'decoder_level1', 'refinement')
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny nets run faster on one thread, and much faster when other processes share the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def tiny_opt(name: str) -> dict:

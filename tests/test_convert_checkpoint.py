@@ -21,12 +21,7 @@ TOLERANCE = 1e-5  # float64 (the fixtures' outputs are float64; measured ~1e-15)
 TOLERANCE_FP32 = 1e-4  # float32 forward against the float64 reference: rounding only (measured ~1e-5 at 512 px)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def fixture_io(arch: str) -> dict:

@@ -8,30 +8,12 @@ from pathlib import Path
 
 import torch
 import yaml
-from helpers import ROOT, TORCHRUN, free_port, run_tool, tiny_workspace, tool_env, write_yaml
+from helpers import ROOT, TORCHRUN, descendants, free_port, run_tool, tiny_workspace, tool_env, write_yaml
 
 
 def torchrun(tool: str, args: list[str], cwd: Path) -> list[str]:
     return [TORCHRUN, '--nproc_per_node=2', f'--master_port={free_port()}', str(ROOT / 'tools' / tool), *args,
             '--launcher', 'pytorch']
-
-
-def descendants(pid: int) -> list[int]:
-    """Pids of every descendant of ``pid`` (torchrun starts its workers in their own process groups)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path('/proc').iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / 'stat').read_text().rsplit(')', 1)[1].split()[1])
-            except (OSError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
 
 
 def test_torchrun_sigkill_then_auto_resume(tmp_path: Path) -> None:

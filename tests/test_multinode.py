@@ -5,14 +5,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, TORCHRUN, free_port, tool_env, write_yaml
+from helpers import CONSTANT_SCHEDULE, LAUNCHER_LOADER, ROOT, TINY_EDSR, TORCHRUN, free_port, tool_env, write_yaml
 
 BASE = ROOT / 'options' / '_base_'
-EDSR = {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': 1,
-        'img_range': 1.0, 'rgb_mean': [0.5, 0.5, 0.5]}
-SCHEDULE = {'warmup_iter': -1, 'optim_g': {'type': 'Adam', 'lr': 1e-3},
-            'scheduler': {'type': 'MultiStepRestartLR', 'milestones': [1000], 'gamma': 1.0}}
-LOADER = {'gt_size': 32, 'num_worker_per_gpu': 0, 'persistent_workers': False}
 
 
 def two_nodes(option_file: str, cwd: Path, run_id: str) -> list[subprocess.CompletedProcess]:
@@ -39,9 +34,9 @@ def two_nodes(option_file: str, cwd: Path, run_id: str) -> list[subprocess.Compl
 def test_two_node_torchrun_trains_then_unlearns(demo_root: Path) -> None:
     cwd = demo_root.parents[1]
     train = {'_base_': [str(BASE / 'runtime.yml'), str(BASE / 'datasets' / 'demo3.yml')],
-             'name': 'multinode_train', 'model_type': 'AllInOneModel', 'network_g': EDSR,
-             'datasets': {'train': {**LOADER, 'batch_size_per_gpu': 2}},
-             'train': {**SCHEDULE, 'total_iter': 4}, 'val': {'val_freq': 4},
+             'name': 'multinode_train', 'model_type': 'AllInOneModel', 'network_g': TINY_EDSR,
+             'datasets': {'train': {**LAUNCHER_LOADER, 'batch_size_per_gpu': 2}},
+             'train': {**CONSTANT_SCHEDULE, 'total_iter': 4}, 'val': {'val_freq': 4},
              'logger': {'print_freq': 1, 'save_checkpoint_freq': 4}}
     nodes = two_nodes(write_yaml(cwd / 'multinode_train.yml', train), cwd, 'train')
     for node in nodes:
@@ -55,10 +50,10 @@ def test_two_node_torchrun_trains_then_unlearns(demo_root: Path) -> None:
     assert original.is_file()
 
     unlearn = {'_base_': [str(BASE / 'runtime.yml'), str(BASE / 'unlearn' / 'demo3_forget-haze.yml')],
-               'name': 'multinode_unlearn', 'model_type': 'UnlearnModel', 'network_g': EDSR,
+               'name': 'multinode_unlearn', 'model_type': 'UnlearnModel', 'network_g': TINY_EDSR,
                'path': {'pretrain_network_g': str(original)},
-               'datasets': {'train': {**LOADER, 'batch_size_per_gpu': 1}},
-               'train': {**SCHEDULE, 'total_iter': 3,
+               'datasets': {'train': {**LAUNCHER_LOADER, 'batch_size_per_gpu': 1}},
+               'train': {**CONSTANT_SCHEDULE, 'total_iter': 3,
                          'method': {'type': 'GaAdv', 'tau': 'input', 'eps': 0.008, 'steps': 1}},
                'val': {'val_freq': 3}, 'logger': {'print_freq': 1, 'save_checkpoint_freq': 3}}
     nodes = two_nodes(write_yaml(cwd / 'multinode_unlearn.yml', unlearn), cwd, 'unlearn')

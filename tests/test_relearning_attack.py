@@ -5,13 +5,10 @@ import torch
 from basicsr.archs import build_network
 from basicsr.metrics import calculate_psnr
 from basicsr.utils import img2tensor, tensor2img
-from helpers import write_noisy_pairs
+from helpers import TINY_EDSR, write_noisy_pairs
 from skimage import io
 
 from basicsr_unlearn.evaluation.relearning_attack import RelearnOptions, relearn_curve, steps_to_reach
-
-EDSR = {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': 1,
-        'img_range': 1.0, 'rgb_mean': [0.5, 0.5, 0.5]}
 
 
 @pytest.fixture(scope='module')
@@ -31,7 +28,7 @@ def _psnr_on(pairs):
 
 def test_relearning_recovers_psnr_on_the_finetuned_pairs(pairs):
     torch.manual_seed(0)
-    net = build_network(dict(EDSR)).eval()
+    net = build_network(dict(TINY_EDSR)).eval()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     psnr = _psnr_on(pairs)
     with torch.no_grad():
@@ -46,7 +43,7 @@ def test_relearning_recovers_psnr_on_the_finetuned_pairs(pairs):
 
 def test_budgets_are_cumulative_and_seeded(pairs):
     torch.manual_seed(1)
-    net = build_network(dict(EDSR)).eval()
+    net = build_network(dict(TINY_EDSR)).eval()
     psnr = _psnr_on(pairs)
     options = RelearnOptions(pairs=3, steps=(3, 6), lr=1e-3, seed=7, patch=16)
     split = relearn_curve(net, pairs, psnr, options)

@@ -6,14 +6,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, TORCHRUN, free_port, run_tool, tool_env, write_yaml
+from helpers import (
+    CONSTANT_SCHEDULE,
+    LAUNCHER_LOADER,
+    ROOT,
+    TINY_EDSR,
+    TORCHRUN,
+    free_port,
+    run_tool,
+    tool_env,
+    write_yaml,
+)
 
 BASE = ROOT / 'options' / '_base_'
-EDSR = {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': 1,
-        'img_range': 1.0, 'rgb_mean': [0.5, 0.5, 0.5]}
-SCHEDULE = {'warmup_iter': -1, 'optim_g': {'type': 'Adam', 'lr': 1e-3},
-            'scheduler': {'type': 'MultiStepRestartLR', 'milestones': [1000], 'gamma': 1.0}}
-LOADER = {'gt_size': 32, 'num_worker_per_gpu': 0, 'persistent_workers': False}
 
 
 @pytest.fixture(scope='module')
@@ -21,9 +26,9 @@ def workspace(demo_root: Path) -> tuple[Path, str]:
     """The tiny demo's parent dir and an EDSR 'original' trained on it for 30 iterations (tools/train.py)."""
     cwd = demo_root.parents[1]
     opt = {'_base_': [str(BASE / 'runtime.yml'), str(BASE / 'datasets' / 'demo3.yml')],
-           'name': 'orig_edsr', 'model_type': 'AllInOneModel', 'network_g': EDSR,
-           'datasets': {'train': {**LOADER, 'batch_size_per_gpu': 4}},
-           'train': {**SCHEDULE, 'total_iter': 30}, 'val': {'val_freq': 1000},
+           'name': 'orig_edsr', 'model_type': 'AllInOneModel', 'network_g': TINY_EDSR,
+           'datasets': {'train': {**LAUNCHER_LOADER, 'batch_size_per_gpu': 4}},
+           'train': {**CONSTANT_SCHEDULE, 'total_iter': 30}, 'val': {'val_freq': 1000},
            'logger': {'print_freq': 10, 'save_checkpoint_freq': 1000}}
     proc = run_tool('train.py', ['-opt', write_yaml(cwd / 'orig_edsr.yml', opt)], cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -32,10 +37,10 @@ def workspace(demo_root: Path) -> tuple[Path, str]:
 
 def unlearn_yaml(cwd: Path, pretrained: str, name: str, total_iter: int, **train) -> str:
     opt = {'_base_': [str(BASE / 'runtime.yml'), str(BASE / 'unlearn' / 'demo3_forget-haze.yml')],
-           'name': name, 'model_type': 'UnlearnModel', 'network_g': EDSR,
+           'name': name, 'model_type': 'UnlearnModel', 'network_g': TINY_EDSR,
            'path': {'pretrain_network_g': pretrained},
-           'datasets': {'train': {**LOADER, 'batch_size_per_gpu': 1}},
-           'train': {**SCHEDULE, 'total_iter': total_iter,
+           'datasets': {'train': {**LAUNCHER_LOADER, 'batch_size_per_gpu': 1}},
+           'train': {**CONSTANT_SCHEDULE, 'total_iter': total_iter,
                      'method': {'type': 'GaAdv', 'tau': 'input', 'eps': 0.008, 'steps': 1}, **train},
            'val': {'val_freq': 3}, 'logger': {'print_freq': 1, 'save_checkpoint_freq': 3}}
     return write_yaml(cwd / f'{name}.yml', opt)
