@@ -27,4 +27,4 @@ def _alias_functional_tensor() -> None:
 
 _alias_functional_tensor()
 
-from basicsr_unlearn import archs, data, defenses, losses, models  # noqa: E402,F401  (registration)
+from basicsr_unlearn import archs, attacks, data, defenses, losses, models  # noqa: E402,F401  (registration)

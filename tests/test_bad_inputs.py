@@ -220,6 +220,9 @@ OPTION_CASES = {
                                      r'^datasets\.train\.sources\[1\]\.dataroot_lq: folder not found: .*no'),
     'mixed: no gt_size': ({'datasets.train': 'MIXED', 'datasets.train.gt_size': DELETE},
                           r'^datasets\.train\.gt_size: expected the train patch size \(int\), got None'),
+    'asvp h 1 (no-op)': ({'asvp': {'targets': ['body.0'], 'h': 1}}, r'^asvp\.h: .*h = 1 is the identity'),
+    'asvp key typo': ({'asvp': {'targets': ['body.0'], 'kk': 2}}, r"^asvp: unknown key 'kk'.*did you mean 'k'"),
+    'asvp type': ({'asvp': {'type': 'ASVPP', 'targets': ['body.0']}}, r"^asvp\.type: unknown 'ASVPP'; expected one of"),
 }
 
 

@@ -37,6 +37,11 @@ VAL_KEYS = ('val_freq', 'save_img', 'suffix', 'pbar', 'pad_multiple', 'tile', 't
 OPTIMIZERS = {'Adam': torch.optim.Adam, 'AdamW': torch.optim.AdamW, 'SGD': torch.optim.SGD}
 
 
+def defense_block(opt: dict) -> dict:
+    """The top-level ``asvp:`` block with its ``type`` (``ASVP`` when absent, as older YAMLs have it)."""
+    return {'type': 'ASVP', **opt['asvp']}
+
+
 @MODEL_REGISTRY.register()
 class AllInOneModel(SRModel):
     """All-in-one restoration model (one network, several degradations) for BasicSR's train/test pipelines."""
@@ -74,6 +79,8 @@ class AllInOneModel(SRModel):
                 if key in val:
                     raise ValueError(f'val.{key}: applies to the default PSNR/SSIM only; with val.metrics set '
                                      f'{key} in each metric block (val.metrics.<name>.{key})')
+        if opt.get('asvp'):  # the defence's own checks (type, keys, values), before any folder exists
+            build_defense(defense_block(opt), 'asvp')
 
     def attach_defense(self, net: nn.Module | None = None):
         """Protect ``net`` (default: the inference net) with the top-level ``asvp:`` block; ``None`` without one.
@@ -81,10 +88,9 @@ class AllInOneModel(SRModel):
         The block names its class in ``type``, a ``DEFENSE_REGISTRY`` name, like every other block; ``ASVP`` when
         absent (older YAMLs). Subclasses choose the net (DistillModel: the teacher) and call this one copy.
         """
-        block = self.opt.get('asvp')
-        if not block:
+        if not self.opt.get('asvp'):
             return None
-        return build_defense({'type': 'ASVP', **block}, 'asvp').attach(net or self.inference_net())
+        return build_defense(defense_block(self.opt), 'asvp').attach(net or self.inference_net())
 
     def init_training_settings(self) -> None:
         """SRModel's settings (EMA, losses, optimizer, scheduler) with an L1 pixel loss by default."""
