@@ -132,7 +132,6 @@ def tpr_at_fpr(member_scores: Sequence[float] | np.ndarray, nonmember_scores: Se
     return [float(tpr[row].max()) for row in allowed]  # the inf threshold (FPR 0) is always allowed
 
 
-
 def attack_summary(member_scores: Sequence[float] | np.ndarray, nonmember_scores: Sequence[float] | np.ndarray,
                    lower_is_member: bool = True) -> dict:
     """AUC, best balanced accuracy (and its threshold) and TPR at the :data:`FPR_LEVELS` of one attack (JSON-ready).

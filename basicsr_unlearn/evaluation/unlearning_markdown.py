@@ -225,7 +225,7 @@ def render_markdown(report: dict, curves: dict[str, dict]) -> str:
              f'Seeds per method: {seeds or "none"}; every figure of a method is mean ± std over its seeds.',
              'A row marked "oracle stop" stopped training by looking at a retrained reference: not a result a user '
              'could get at deletion time.',
-             f'Targets (issue 5): forget gap ≤ {TARGETS["forget_gap_db"]} dB, every retained type at most '
+             f'Targets: forget gap ≤ {TARGETS["forget_gap_db"]} dB, every retained type at most '
              f'{TARGETS["retain_drop_db"]} dB below the original, cost ≤ {TARGETS["cost_ratio"]:.0%} of retraining; '
              f'goals {GOALS["forget_gap_db"]} dB / {GOALS["retain_drop_db"]} dB / {GOALS["cost_ratio"]:.0%}.\n',
              *_gap_section(report),

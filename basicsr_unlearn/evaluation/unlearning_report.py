@@ -6,8 +6,8 @@ on the forgotten type (members = the exact forget-train pairs, non-members = hel
 calibrated by the reference's per-image loss; distance to the reference's outputs and the KS "forget quality"; the
 relearning attack; wall time and its ratio to the reference's retraining time. A method's figures are mean ± std
 over its seeds. Every gap is measured against the first reference; a second reference (another seed of retraining)
-gives the noise floor (its own gaps), printed beside every forget gap. Targets and goals of issue 5 are checked on
-the means.
+gives the noise floor (its own gaps), printed beside every forget gap. The project's targets and goals are checked
+on the means.
 
 Pipeline: :func:`evaluate_models` (checkpoints -> :class:`ModelScores`), :func:`build_report` (-> JSON-ready
 numbers), then ``unlearning_markdown.write_report`` (``report.json``, ``report.md``, PNGs).
