@@ -6,8 +6,9 @@ existing BasicSR YAML drops in and any registered metric (``calculate_niqe``, or
 named. Without a block: PSNR and SSIM on RGB, the convention of the all-in-one papers (Y channel with
 ``y_channel=True``). The mean absolute error in [0, 1] (``l1``) is always measured (membership inference uses it).
 Non-finite outputs are refused: their 8-bit conversion would turn NaN into black and score a finite PSNR.
-Under a process group each rank restores every ``world_size``-th image and the results are gathered on all ranks,
-in dataset order.
+Under a process group each rank restores its share (that of the loader's own sharding sampler, e.g. the interleaved
+``rank, rank + world_size, ...`` of a ``DistributedSampler``, else every ``world_size``-th image) and the results are
+gathered on all ranks, in dataset order, each image once; a refusal on one rank is raised on every rank.
 
 Example:
     >>> from torch.utils.data import DataLoader
@@ -27,7 +28,7 @@ from basicsr.metrics import calculate_metric
 from basicsr.utils import imwrite, tensor2img
 from basicsr.utils.registry import METRIC_REGISTRY
 from mmengine.dist import all_gather_object, get_dist_info
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, SequentialSampler, Subset
 
 RESERVED_NAMES = ('name', 'de_name', 'dataset', 'l1', 'count', 'index')  # keys of the per-image records
 METRIC_INPUTS = ('img', 'img2')  # what calculate_metric passes besides a block's keys
@@ -126,11 +127,17 @@ def summarize(per_image: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def _shard(dataloader: DataLoader, rank: int, world_size: int) -> tuple[DataLoader, list[int]]:
-    """This rank's share of the dataset (every ``world_size``-th index) and the dataset indices it holds."""
-    indices = list(range(len(dataloader.dataset)))
-    if world_size == 1 or isinstance(dataloader.sampler, DistributedSampler):
+    """This rank's loader and the dataset index of each image it yields, in order.
+
+    A sampler that shards by itself (it has ``num_replicas``: torch's ``DistributedSampler``, BasicSR's
+    ``EnlargedSampler``; both yield the same order on every pass) is kept and its order read; otherwise this rank
+    takes every ``world_size``-th image, in dataset order.
+    """
+    if hasattr(dataloader.sampler, 'num_replicas'):
+        return dataloader, list(iter(dataloader.sampler))
+    indices = list(range(len(dataloader.dataset)))[rank::world_size]
+    if world_size == 1 and isinstance(dataloader.sampler, SequentialSampler):
         return dataloader, indices
-    indices = indices[rank::world_size]
     loader = DataLoader(
         Subset(dataloader.dataset, indices),
         batch_size=dataloader.batch_size,
@@ -157,6 +164,31 @@ def _score(images: dict, metric: str, spec: dict, source: str, lq_path: str) -> 
         raise ValueError(f"{source}: metric {metric} ({spec['type']}) gave nan for {lq_path} ({h}x{w} px, options "
                          f'{ {k: v for k, v in spec.items() if k != "type"} })')
     return value
+
+
+def _score_batch(restore: Callable[[torch.Tensor], torch.Tensor], batch: dict, indices: list[int],
+                 specs: dict[str, dict], source: str, default_group: str, save_dir: str | None,
+                 save_suffix: str | None) -> list[dict]:
+    """Restore one batch and return its per-image records (``indices``: the dataset index of each, in order)."""
+    output = restore(batch['lq']).detach().float().cpu()
+    check_finite(output, batch['lq_path'], source)
+    output.clamp_(0, 1)
+    gt = batch['gt'].float()
+    records = []
+    for i in range(output.shape[0]):
+        name = osp.splitext(osp.basename(batch['lq_path'][i]))[0]
+        images = {'img': tensor2img(output[i]), 'img2': tensor2img(gt[i])}
+        records.append({
+            'index': indices[i],
+            'name': name,
+            'de_name': batch['de_name'][i] if 'de_name' in batch else default_group,
+            **{metric: _score(images, metric, spec, source, batch['lq_path'][i]) for metric, spec in specs.items()},
+            'l1': float((output[i] - gt[i]).abs().mean()),
+        })
+        if save_dir is not None:
+            file_name = f'{name}_{save_suffix}.png' if save_suffix else f'{name}.png'
+            imwrite(images['img'], osp.join(save_dir, file_name))
+    return records
 
 
 @torch.no_grad()
@@ -188,36 +220,29 @@ def evaluate(restore: Callable[[torch.Tensor], torch.Tensor],
 
     Raises:
         ValueError: an output holds NaN or inf, or a metric gives NaN (naming ``source`` and the image's
-            ``lq_path``). An infinite PSNR (output equal to ``gt``) is kept.
+            ``lq_path``), on every rank under a process group (the lowest failing rank's message). An infinite
+            PSNR (output equal to ``gt``) is kept.
     """
     specs = metrics or default_metrics(y_channel, crop_border)
     source = source or getattr(restore, '__qualname__', 'restore')
     rank, world_size = get_dist_info()
     loader, indices = _shard(dataloader, rank, world_size)
     default_group = getattr(dataloader.dataset, 'opt', {}).get('name', 'all')
-    records = []
-    position = 0
-    for batch in loader:
-        output = restore(batch['lq']).detach().float().cpu()
-        check_finite(output, batch['lq_path'], source)
-        output.clamp_(0, 1)
-        gt = batch['gt'].float()
-        for i in range(output.shape[0]):
-            name = osp.splitext(osp.basename(batch['lq_path'][i]))[0]
-            images = {'img': tensor2img(output[i]), 'img2': tensor2img(gt[i])}
-            records.append({
-                'index': indices[position],
-                'name': name,
-                'de_name': batch['de_name'][i] if 'de_name' in batch else default_group,
-                **{metric: _score(images, metric, spec, source, batch['lq_path'][i]) for metric, spec in specs.items()},
-                'l1': float((output[i] - gt[i]).abs().mean()),
-            })
-            position += 1
-            if save_dir is not None:
-                file_name = f'{name}_{save_suffix}.png' if save_suffix else f'{name}.png'
-                imwrite(images['img'], osp.join(save_dir, file_name))
+    records, error = [], None
+    try:
+        for batch in loader:
+            records += _score_batch(restore, batch, indices[len(records):], specs, source, default_group, save_dir,
+                                    save_suffix)
+    except ValueError as err:  # a refusal: every rank must learn of it before anyone raises
+        error = err
     if world_size > 1:
-        records = [r for part in all_gather_object(records) for r in part]
-    records.sort(key=lambda r: r['index'])
-    per_image = [{k: v for k, v in r.items() if k != 'index'} for r in records]
+        parts = all_gather_object((None if error is None else str(error), records))
+        failed = [r for r, (message, _) in enumerate(parts) if message is not None]
+        if failed and failed[0] != rank:
+            raise ValueError(parts[failed[0]][0])
+        records = [r for _, part in parts for r in part]
+    if error is not None:
+        raise error
+    unique = {r['index']: r for r in records}  # a DistributedSampler repeats images to even out its shards
+    per_image = [{k: v for k, v in unique[i].items() if k != 'index'} for i in sorted(unique)]
     return {'per_image': per_image, 'per_degradation': summarize(per_image)}
