@@ -103,3 +103,17 @@ def test_method_needs_reach_the_option_checks(name: str, tmp_path: Path, checkpo
                 UnlearnModel.check_options(opt)
         else:
             UnlearnModel.check_options(opt)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_method_steps_on_batches_missing_a_role(name: str, tmp_path: Path, checkpoints: tuple[str, str]) -> None:
+    """A retain-only FIRST batch, then a forget-only one, then a mixed one: every step runs, nothing diverges."""
+    model = build(name, tmp_path, checkpoints)
+    for it, batch in enumerate((grouped_batch(5, n_forget=0, n_retain=3), grouped_batch(6, n_forget=3, n_retain=0),
+                                grouped_batch(7)), start=1):
+        torch.manual_seed(7)
+        model.feed_data(batch)
+        model.optimize_parameters(it)
+        assert not model.stopped, model.stop_reason
+        assert all(torch.isfinite(torch.tensor(v)) for v in model.log_dict.values()), model.log_dict
+    assert all(torch.isfinite(v).all() for v in model.net_g.state_dict().values())

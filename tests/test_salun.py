@@ -20,8 +20,9 @@ def test_salun_moves_only_the_most_salient_weights(sparsity: float, tmp_path: Pa
         model.feed_data(batch)
         model.optimize_parameters(it)
     masks = model.method.masks
-    share = sum(float(m.sum()) for m in masks) / sum(m.numel() for m in masks)
-    assert sparsity <= share < sparsity + 0.02
+    total = sum(m.numel() for m in masks)
+    share = sum(float(m.sum()) for m in masks) / total
+    assert abs(share * total - sparsity * total) <= 1  # exactly the requested share, to one weight
     moved = [(p.detach() != p0) for p, p0 in zip(model.get_bare_model(model.net_g).parameters(), start)]
     assert all(not (d & (m == 0)).any() for d, m in zip(moved, masks))  # nothing outside the mask moved
     assert sum(int((d & (m == 1)).sum()) for d, m in zip(moved, masks)) > 0.5 * share * sum(m.numel() for m in masks)
@@ -37,3 +38,50 @@ def test_saliency_masks_pick_the_largest_gradients() -> None:
     dropped = torch.cat([g.abs().flatten()[m.flatten() == 0] for g, m in zip(grads, masks)])
     assert kept.min() >= dropped.max()
     assert all(p.grad is None for p in net.parameters())
+
+
+class Unused(torch.nn.Module):
+    """Holds a module's parameters without using them in forward (their gradients are all 0)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@pytest.mark.parametrize('sparsity', [0.5, 0.9])
+def test_saliency_masks_keep_the_requested_share_despite_tied_zero_gradients(sparsity: float) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU(), torch.nn.Conv2d(4, 3, 1),
+                              Unused(torch.nn.Linear(50, 50)))
+    with torch.no_grad():
+        net[0].bias[:2] = -100.0  # two dead channels: more zero gradients
+    lq, gt = torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4)
+    params = list(net.parameters())
+    grads = torch.autograd.grad(per_sample_loss(net(lq), gt).mean(), params, allow_unused=True)
+    zeros = sum(p.numel() if g is None else int((g == 0).sum()) for p, g in zip(params, grads))
+    total = sum(p.numel() for p in params)
+    assert zeros > (1 - sparsity) * total + 10  # a threshold at the tied value 0 would keep far more
+    masks = saliency_masks(net, lq, gt, sparsity)
+    assert abs(sum(float(m.sum()) for m in masks) - sparsity * total) <= 1
+    assert all(set(m.unique().tolist()) <= {0.0, 1.0} for m in masks)
+
+
+def test_salun_retain_only_first_batch_leaves_weights_until_the_mask_exists(
+        tmp_path: Path, checkpoints: tuple[str, str]) -> None:  # noqa: F811
+    model = build('SalUn', tmp_path, checkpoints, sparsity=0.2)
+    net = model.get_bare_model(model.net_g)
+    start = [p.detach().clone() for p in net.parameters()]
+    model.feed_data(grouped_batch(5, n_forget=0, n_retain=3))
+    model.optimize_parameters(1)
+    assert model.method.masks is None
+    assert all(torch.equal(p, p0) for p, p0 in zip(net.parameters(), start))  # no update without a mask
+    model.feed_data(grouped_batch(6))
+    model.optimize_parameters(2)
+    masks = model.method.masks
+    assert masks is not None
+    moved = [(p.detach() != p0) for p, p0 in zip(net.parameters(), start)]
+    assert all(not (d & (m == 0)).any() for d, m in zip(moved, masks))
+    assert any(d.any() for d in moved)

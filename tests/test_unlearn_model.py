@@ -310,7 +310,7 @@ def test_divergence_guard_never_restores_diverged_or_non_finite_weights(tmp_path
     run(model, 2)
     model.save(0, 2)
     run(model, 1, first=3)  # confirms the iter-2 checkpoint
-    good = {k: v.clone() for k, v in model.hooks[0].good.items()}
+    good = {k: v.clone() for k, v in model.hooks[0].good['net_g'].items()}
     with torch.no_grad():  # the weights blow up (finite) and are saved before the next step notices
         for p in model.get_bare_model(model.net_g).parameters():
             p.mul_(1e30)

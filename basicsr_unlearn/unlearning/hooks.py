@@ -31,19 +31,52 @@ def all_ranks_true(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def any_rank_true(flag: bool, device: torch.device) -> bool:
+    """``flag`` OR-reduced over the process group.
+
+    Example:
+        >>> any_rank_true(False, torch.device('cpu'))
+        False
+    """
+    return not all_ranks_true(not flag, device)
+
+
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over the process group, in place (unchanged in one process); returns ``t``."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
 def snapshot(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A CPU copy of ``net``'s state dict."""
     return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
 
 
-def all_finite(state: dict[str, torch.Tensor]) -> bool:
-    """Whether every floating-point tensor of ``state`` is finite.
+def snapshot_nets(model) -> dict[str, dict[str, torch.Tensor]]:
+    """CPU copies of the model's trained networks: ``{'net_g': ..., 'net_g_ema': ...}`` (the EMA one if present)."""
+    nets = {'net_g': model.get_bare_model(model.net_g)}
+    if hasattr(model, 'net_g_ema'):
+        nets['net_g_ema'] = model.net_g_ema
+    return {name: snapshot(net) for name, net in nets.items()}
+
+
+def restore_nets(model, state: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Load a :func:`snapshot_nets` result back into the model's networks."""
+    model.get_bare_model(model.net_g).load_state_dict(state['net_g'])
+    if 'net_g_ema' in state:
+        model.net_g_ema.load_state_dict(state['net_g_ema'])
+
+
+def all_finite(state: dict) -> bool:
+    """Whether every floating-point tensor of ``state`` (a state dict, or a dict of them) is finite.
 
     Example:
-        >>> all_finite({'w': torch.ones(2)}), all_finite({'w': torch.tensor([1.0, float('nan')])})
+        >>> all_finite({'w': torch.ones(2)}), all_finite({'net': {'w': torch.tensor([1.0, float('nan')])}})
         (True, False)
     """
-    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+    return all(all_finite(v) if isinstance(v, dict) else bool(torch.isfinite(v).all())
+               for v in state.values() if isinstance(v, dict) or v.is_floating_point())
 
 
 class TrainingHook:

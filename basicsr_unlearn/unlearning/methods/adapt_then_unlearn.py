@@ -15,6 +15,7 @@ from basicsr_unlearn.losses.parameter_repulsion_loss import (
     parameter_distance,
 )
 from basicsr_unlearn.unlearning.fisher import diagonal_fisher
+from basicsr_unlearn.unlearning.hooks import any_rank_true
 from basicsr_unlearn.unlearning.method import METHOD_REGISTRY, Needs, Nets, Step, UnlearnMethod, present
 from basicsr_unlearn.unlearning.methods.finetune import Finetune
 
@@ -45,8 +46,10 @@ class AdaptStage1(UnlearnMethod):
 
     def extra_inputs(self, lq: torch.Tensor, gt: torch.Tensor, forget: torch.Tensor,
                      nets: Nets) -> torch.Tensor | None:
-        """No extra inputs; estimates the Fisher on the first batch that holds forget samples."""
-        if self.anchor.importance == 'fisher' and self.fisher is None and forget.any():
+        """No extra inputs; estimates the Fisher at the first step where any rank has forget samples (from those
+        of every rank; the anchor is uniform until then)."""
+        if self.anchor.importance == 'fisher' and self.fisher is None and any_rank_true(bool(forget.any()),
+                                                                                        lq.device):
             self.fisher = diagonal_fisher(nets.original, lq[forget], gt[forget])
         return None
 

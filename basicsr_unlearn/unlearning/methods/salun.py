@@ -1,23 +1,26 @@
 """SalUn (Fan et al., ICLR 2024): saliency unlearning — only the weights most salient for the forget loss move."""
-import math
+import itertools
 
 import torch
-import torch.distributed as dist
 
 from basicsr_unlearn.losses.criteria import per_sample_loss
+from basicsr_unlearn.unlearning.hooks import any_rank_true, sum_over_ranks
 from basicsr_unlearn.unlearning.method import METHOD_REGISTRY, Needs, Nets, Step, UnlearnMethod
 from basicsr_unlearn.unlearning.methods.identity_target import IdentityTarget
 
 
 def saliency_masks(net: torch.nn.Module, lq: torch.Tensor, gt: torch.Tensor, sparsity: float) -> list[torch.Tensor]:
-    """0/1 masks of the ``sparsity`` share of weights with the largest ``|d L1(net(lq), gt) / d theta|``.
+    """0/1 masks of the ``round(sparsity * n)`` weights (at least one) with the largest ``|d L / d theta|``, ``L`` the
+    summed L1 of ``net`` on the forget samples of every rank.
 
-    One global threshold over all parameters; under a process group the gradients are summed over ranks first, so
-    every rank masks the same weights. ``.grad`` of ``net`` is left untouched.
+    One global ranking over all ``n`` parameters; ties (e.g. many zero gradients) are cut by index, so exactly that
+    many weights are kept. Under a process group every rank must call it (one all-reduce of the gradients; a rank
+    without forget samples passes empty ``lq``/``gt`` and adds zero), and every rank gets the same masks. ``.grad`` of
+    ``net`` is left untouched.
 
     Args:
         net: the network at ``theta_0``.
-        lq, gt: forget samples ``(B, 3, h, w)``.
+        lq, gt: this rank's forget samples ``(B, 3, h, w)``, ``B >= 0``.
         sparsity: share of weights kept trainable, in (0, 1].
 
     Returns:
@@ -26,20 +29,20 @@ def saliency_masks(net: torch.nn.Module, lq: torch.Tensor, gt: torch.Tensor, spa
     Example:
         >>> net = torch.nn.Conv2d(3, 3, 1)
         >>> masks = saliency_masks(net, torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4), 0.5)
-        >>> sum(m.numel() for m in masks), int(sum(m.sum() for m in masks)) >= 6  # ties at the threshold are kept
-        (12, True)
+        >>> sum(m.numel() for m in masks), int(sum(m.sum() for m in masks))
+        (12, 6)
     """
     params = list(net.parameters())
-    with torch.enable_grad():
-        grads = torch.autograd.grad(per_sample_loss(net(lq), gt).mean(), params, allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g.detach().abs() for p, g in zip(params, grads, strict=True)]
-    if dist.is_available() and dist.is_initialized():
-        for g in grads:
-            dist.all_reduce(g)
-    flat = torch.cat([g.flatten() for g in grads])
-    keep = max(1, math.ceil(sparsity * flat.numel()))
-    threshold = flat.kthvalue(flat.numel() - keep + 1).values
-    return [(g >= threshold).to(g.dtype) for g in grads]
+    grads = [None] * len(params)
+    if lq.shape[0]:
+        with torch.enable_grad():
+            grads = torch.autograd.grad(per_sample_loss(net(lq), gt).sum(), params, allow_unused=True)
+    flat = sum_over_ranks(torch.cat([(torch.zeros_like(p) if g is None else g.detach()).flatten()
+                                     for p, g in zip(params, grads, strict=True)]))
+    keep = max(1, round(sparsity * flat.numel()))
+    mask = torch.zeros_like(flat)
+    mask[flat.abs().topk(keep).indices] = 1.0
+    return [m.view_as(p) for m, p in zip(mask.split([p.numel() for p in params]), params, strict=True)]
 
 
 @METHOD_REGISTRY.register()
@@ -48,9 +51,10 @@ class SalUn(UnlearnMethod):
     retained ones to clean) with every gradient multiplied by a saliency mask.
 
     The mask keeps the ``sparsity`` share of weights whose gradient magnitude of the forget loss (L1 of the forget
-    outputs against their clean targets) at ``theta_0`` is largest; it is computed once, from the first batch that
-    holds forget samples, before the first update. The other weights never move with a plain optimiser (Adam/SGD
-    without weight decay: a decay term moves them even at zero gradient).
+    outputs against their clean targets) at ``theta_0`` is largest; it is computed once, before the first update, at
+    the first step where any rank's batch holds forget samples (every rank takes part, with the forget samples it
+    has). Steps before that leave the weights unchanged. The other weights never move with a plain optimiser
+    (Adam/SGD without weight decay: a decay term moves them even at zero gradient).
 
     Args:
         sparsity: share of weights updated, in (0, 1] (SalUn's default: 0.5).
@@ -72,8 +76,8 @@ class SalUn(UnlearnMethod):
 
     def extra_inputs(self, lq: torch.Tensor, gt: torch.Tensor, forget: torch.Tensor,
                      nets: Nets) -> torch.Tensor | None:
-        """No extra inputs; computes the masks on the first batch that holds forget samples."""
-        if self.masks is None and forget.any():
+        """No extra inputs; computes the masks at the first step where any rank has forget samples."""
+        if self.masks is None and any_rank_true(bool(forget.any()), lq.device):
             self.masks = saliency_masks(nets.net, lq[forget], gt[forget], self.sparsity)
         return None
 
@@ -82,7 +86,7 @@ class SalUn(UnlearnMethod):
         return self.terms.losses(step)
 
     def after_backward(self, nets: Nets) -> None:
-        """Zero the gradients of the weights outside the mask."""
-        for p, mask in zip(nets.net.parameters(), self.masks, strict=True):
+        """Zero the gradients of the weights outside the mask (drop all of them while there is no mask yet)."""
+        for p, mask in zip(nets.net.parameters(), self.masks or itertools.repeat(None)):
             if p.grad is not None:
-                p.grad.mul_(mask)
+                p.grad = None if mask is None else p.grad.mul_(mask)

@@ -4,7 +4,7 @@ every retained type stays within ``retain_delta`` of the ORIGINAL model; rewind 
 It uses only what a user has at deletion time: the original model (``path.pretrain_network_g``), held-out images
 of the forget type (val images the user set aside from their own forget set) and of the retained types.
 """
-from basicsr_unlearn.unlearning.hooks import snapshot
+from basicsr_unlearn.unlearning.hooks import restore_nets, snapshot_nets
 from basicsr_unlearn.unlearning.stops.criterion import STOP_REGISTRY, StopCriterion, load_frozen, mean_over
 
 
@@ -20,8 +20,9 @@ class InputLevelStop(StopCriterion):
 
     If a retained type falls below ``original - retain_delta`` before that, stop and (``rewind: true``) restore the
     validated weights with the lowest forget PSNR among the rounds that kept every retained type (the weights at
-    the start of training when none did) — SCRUB+R's rewind with a retain constraint. Otherwise the run ends at
-    ``total_iter`` (the budget). Validate often (``val.val_freq``): the rule only sees validation rounds.
+    the start of training when none did; ``net_g`` and, with EMA, ``net_g_ema``) — SCRUB+R's rewind with a retain
+    constraint. Otherwise the run ends at ``total_iter`` (the budget). Validate often (``val.val_freq``): the rule
+    only sees validation rounds.
 
     Args:
         de_name: forget type(s) (default ``datasets.train.forget``).
@@ -45,15 +46,15 @@ class InputLevelStop(StopCriterion):
         self.original: dict[str, float] = {}
         self.net = None
         self.round_state: dict | None = None
-        self.best: tuple[float, int, dict] | None = None  # (forget PSNR, iter, weights)
+        self.best: tuple[float, int, dict] | None = None  # (forget PSNR, iter, snapshot_nets)
 
     def before_train(self, model) -> None:
         super().before_train(model)
-        self.best = (float('inf'), 0, snapshot(model.get_bare_model(model.net_g)))
+        self.best = (float('inf'), 0, snapshot_nets(model))
 
     def new_round(self, model) -> None:
         if self.rewind:
-            self.round_state = snapshot(model.get_bare_model(model.net_g))
+            self.round_state = snapshot_nets(model)
 
     def after_loader(self, model, dataloader, result: dict) -> None:
         """The input level of this loader's forget types and the original's PSNR on its other types (once)."""
@@ -91,7 +92,7 @@ class InputLevelStop(StopCriterion):
         if not self.rewind:
             return reason
         best_psnr, best_iter, state = self.best
-        model.get_bare_model(model.net_g).load_state_dict(state)
+        restore_nets(model, state)
         model.train_log['stop']['rewound_to_iter'] = best_iter
         shown = 'the starting weights' if best_iter == 0 else f'iter {best_iter} (forget PSNR {best_psnr:.3f} dB)'
         return f'{reason}; rewound to {shown}'
