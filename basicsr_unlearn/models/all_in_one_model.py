@@ -4,11 +4,13 @@ On top of BasicSR's ``SRModel`` it adds: Adam/AdamW/SGD; L1 pixel loss when ``tr
 CPU (no ``device_ids``); ``restore(lq)`` = eval-mode inference (EMA net if present) with pad-to-multiple / crop-back
 and optional tiling; batches' ``de_name``/``role`` kept; validation metrics per degradation (BasicSR's
 ``val.metrics`` blocks through its ``METRIC_REGISTRY``, PSNR/SSIM by default), sharded over ranks;
-atomic checkpoints of plain types; ``experiments/<name>/train_log.json`` (wall time, loss and validation curves).
+atomic checkpoints of plain types; ``experiments/<name>/train_log.json`` (wall time, loss and validation curves);
+``train: {amp: {dtype: bf16|fp16}, channels_last: true}`` on CUDA (:mod:`basicsr_unlearn.precision`; ignored on CPU).
 
-Subclasses (UnlearnModel, DistillModel) override :meth:`init_training_settings` and :meth:`optimize_parameters`;
-they put their summed objective in ``self.log_dict['l_total']`` (else the sum of ``l_*`` entries is logged) and
-may read ``self.last_metrics`` after a validation.
+Subclasses (UnlearnModel, DistillModel) override :meth:`init_training_settings` and :meth:`optimize_parameters`
+(using ``self.precision`` for autocast, backward and step); they put their summed objective in
+``self.log_dict['l_total']`` (else the sum of ``l_*`` entries is logged) and may read ``self.last_metrics`` after a
+validation.
 
 Option keys read here: ``val: {val_freq, save_img, suffix, pbar, pad_multiple, tile: {size, overlap},
 test_y_channel, crop_border, metrics: {<name>: {type, **kwargs}}}`` (``test_y_channel``/``crop_border`` shape the
@@ -16,6 +18,7 @@ default PSNR/SSIM; with ``metrics`` each block says its own).
 """
 import json
 import time
+from collections import OrderedDict
 from os import path as osp
 
 import torch
@@ -31,6 +34,7 @@ from basicsr_unlearn.defenses import build_defense
 from basicsr_unlearn.evaluation.metrics import check_metric_specs, evaluate, metric_space, metric_specs
 from basicsr_unlearn.fileio import atomic_path, write_json
 from basicsr_unlearn.inference import restore_image
+from basicsr_unlearn.precision import Precision, check_precision_options
 
 VAL_KEYS = ('val_freq', 'save_img', 'suffix', 'pbar', 'pad_multiple', 'tile', 'test_y_channel', 'crop_border',
             'metrics')
@@ -52,6 +56,8 @@ class AllInOneModel(SRModel):
         self._mark = time.perf_counter()
         self.current_iter = 0
         self.last_metrics: dict = {}
+        train = opt.get('train') if opt.get('is_train') else None
+        self.precision = Precision.from_options(train, torch.device('cuda' if opt['num_gpu'] != 0 else 'cpu'))
         super().__init__(opt)
         self.defense = self.attach_defense()
         self.train_log_path = osp.join(opt['path'].get('experiments_root', opt['path']['log']), 'train_log.json')
@@ -69,6 +75,8 @@ class AllInOneModel(SRModel):
             Traceback (most recent call last):
             ValueError: val.metrics.psnr: calculate_psnr needs crop_border (arguments: crop_border, ...)
         """
+        if isinstance(opt.get('train'), dict):
+            check_precision_options(opt['train'])
         val = opt.get('val') or {}
         check_keys(val, VAL_KEYS, 'val')
         if val.get('tile'):
@@ -104,8 +112,9 @@ class AllInOneModel(SRModel):
         return OPTIMIZERS[optim_type](params, lr, **kwargs)
 
     def model_to_device(self, net: nn.Module) -> nn.Module:
-        """Move ``net`` to the device; DDP under a process group (no ``device_ids`` on CPU), DataParallel for >1 GPU."""
-        net = net.to(self.device)
+        """Move ``net`` to the device (channels_last if set); DDP under a process group (no ``device_ids`` on CPU),
+        DataParallel for >1 GPU."""
+        net = self.precision.to_memory_format(net.to(self.device))
         if self.opt['dist']:
             find_unused = self.opt.get('find_unused_parameters', False)
             device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
@@ -117,7 +126,7 @@ class AllInOneModel(SRModel):
     # ---------------------------------------------------------------- data and inference
     def feed_data(self, data: dict) -> None:
         """Keep ``lq``, ``gt`` (if present), ``de_names`` and ``roles`` (``'unlabelled'``/``'retain'`` if absent)."""
-        self.lq = data['lq'].to(self.device)
+        self.lq = self.precision.to_memory_format(data['lq'].to(self.device))
         if 'gt' in data:
             self.gt = data['gt'].to(self.device)
         n = self.lq.shape[0]
@@ -151,6 +160,25 @@ class AllInOneModel(SRModel):
         """``self.output = self.restore(self.lq)``."""
         self.output = self.restore(self.lq)
 
+    # ---------------------------------------------------------------- training
+    def optimize_parameters(self, current_iter: int) -> None:
+        """SRModel's step (pixel and perceptual losses, ``l_pix``/``l_percep``/``l_style`` logged, EMA update) under
+        ``self.precision``: autocast for the forward pass and losses, scaled backward and step with fp16."""
+        self.optimizer_g.zero_grad()
+        loss_dict = OrderedDict()
+        with self.precision.autocast():
+            self.output = self.net_g(self.lq)
+            if self.cri_pix:
+                loss_dict['l_pix'] = self.cri_pix(self.output, self.gt)
+            if self.cri_perceptual:
+                l_percep, l_style = self.cri_perceptual(self.output, self.gt)
+                loss_dict.update((k, v) for k, v in (('l_percep', l_percep), ('l_style', l_style)) if v is not None)
+        self.precision.backward(sum(loss_dict.values()), self.optimizer_g)
+        self.precision.step(self.optimizer_g)
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
     # ---------------------------------------------------------------- training bookkeeping
     def update_learning_rate(self, current_iter: int, warmup_iter: int = -1) -> None:
         """BasicSR's LR update (called once per iteration); also tracks the iteration and training wall time."""
@@ -174,8 +202,10 @@ class AllInOneModel(SRModel):
         write_json(self.train_log_path, self.train_log)
 
     def resume_training(self, resume_state: dict) -> None:
-        """Reload optimizers/schedulers, the training wall time and the train_log curves up to the resumed iter."""
+        """Reload optimizers/schedulers, the fp16 grad scaler, the training wall time and the train_log curves up to
+        the resumed iter."""
         super().resume_training(resume_state)
+        self.precision.load_state_dict(resume_state.get('grad_scaler', {}))
         self._wall_time = float(resume_state.get('wall_time_s', 0.0))
         self._mark = time.perf_counter()
         self.current_iter = resume_state['iter']
@@ -201,7 +231,8 @@ class AllInOneModel(SRModel):
 
     @master_only
     def save_training_state(self, epoch: int, current_iter: int) -> None:
-        """Save ``training_states/<iter>.state`` atomically: epoch, iter, optimizers, schedulers, wall time."""
+        """Save ``training_states/<iter>.state`` atomically: epoch, iter, optimizers, schedulers, wall time (and the
+        fp16 grad scaler)."""
         if current_iter == -1:
             return
         state = {
@@ -211,6 +242,8 @@ class AllInOneModel(SRModel):
             'schedulers': [s.state_dict() for s in self.schedulers],
             'wall_time_s': float(self._wall_time),
         }
+        if self.precision.scaler is not None:
+            state['grad_scaler'] = self.precision.state_dict()
         with atomic_path(osp.join(self.opt['path']['training_states'], f'{current_iter}.state')) as tmp:
             torch.save(state, tmp)
 
