@@ -40,6 +40,12 @@ def resolve_backend() -> str:
 def init_dist_pytorch(backend: str | None = None, **kwargs) -> None:
     """Replacement of ``basicsr.utils.dist_util._init_dist_pytorch`` for ``torchrun`` environments.
 
+    Reads ``LOCAL_RANK`` (default 0), ``BASICSR_DIST_BACKEND`` and ``BASICSR_DIST_TIMEOUT``; ``RANK``,
+    ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` are read by ``init_process_group`` itself (``env://``). With
+    NCCL the process uses GPU ``LOCAL_RANK`` (``torch.cuda.set_device``) and binds the process group to it
+    (``device_id``), so collectives and barriers never guess a device; BasicSR's ``RANK % device_count`` picks the
+    wrong GPU on every node but the first.
+
     Args:
         backend: ignored when ``BASICSR_DIST_BACKEND`` is set; BasicSR always passes ``'nccl'``, which falls back
             to ``gloo`` without CUDA.
@@ -49,7 +55,16 @@ def init_dist_pytorch(backend: str | None = None, **kwargs) -> None:
     if chosen is None:
         chosen = backend if backend and (backend != 'nccl' or torch.cuda.is_available()) else resolve_backend()
     if chosen == 'nccl':
-        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+        if not torch.cuda.is_available():
+            raise RuntimeError('BASICSR_DIST_BACKEND=nccl: NCCL needs CUDA and none is available; unset it (gloo '
+                               'is chosen on CPU)')
+        local_rank = int(os.environ.get('LOCAL_RANK', 0))
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f'LOCAL_RANK={local_rank}: only {torch.cuda.device_count()} CUDA device(s) visible '
+                               f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); start at most "
+                               'that many processes per node (torchrun --nproc_per_node)')
+        torch.cuda.set_device(local_rank)
+        kwargs.setdefault('device_id', torch.device('cuda', local_rank))
     if 'BASICSR_DIST_TIMEOUT' in os.environ and 'timeout' not in kwargs:
         kwargs['timeout'] = datetime.timedelta(seconds=float(os.environ['BASICSR_DIST_TIMEOUT']))
     dist.init_process_group(backend=chosen, **kwargs)
