@@ -113,3 +113,56 @@ def test_teacher_is_padded_with_its_own_multiple(tmp_path):
     lq = torch.rand(1, 3, 18, 18, generator=torch.Generator().manual_seed(0))
     out, _ = model.teacher_targets(lq)
     assert out.shape == lq.shape
+
+
+DDP_WORKER = '''
+import json, sys
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import basicsr_unlearn  # noqa: F401
+from basicsr.models import build_model
+from test_distill_model import parsed_options
+
+dist.init_process_group('gloo', timeout=timedelta(seconds=60))
+rank, out = dist.get_rank(), Path(sys.argv[1])
+(out / f'rank{rank}').mkdir()
+opt = parsed_options(out / f'rank{rank}')
+opt.update(dist=True, rank=rank, world_size=2)
+torch.manual_seed(rank)  # BasicSR seeds every rank differently (manual_seed + rank)
+model = build_model(opt)
+init = [p.detach().clone() for p in model.attack.parameters()]
+lq = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(10 + rank))  # each rank its own batch
+for step in range(3):
+    model.feed_data({'lq': lq})
+    model.optimize_parameters(step + 1)
+flat = torch.cat([p.detach().flatten() for p in model.attack.parameters()])
+moved = max(float((p.detach() - q).abs().max()) for p, q in zip(model.attack.parameters(), init))
+gathered = [torch.zeros_like(flat) for _ in range(2)]
+dist.all_gather(gathered, flat)
+if rank == 0:
+    (out / 'result.json').write_text(json.dumps({'moved': moved,
+                                                 'rank_gap': float((gathered[0] - gathered[1]).abs().max())}))
+dist.destroy_process_group()
+'''
+
+
+def test_attack_adapters_stay_identical_across_two_ranks(tmp_path):
+    """Two real gloo ranks, seeded differently and fed different batches: the adapters start from rank 0's and step
+    with averaged gradients (DDP), so they agree to float precision while moving by ~1e-3 per Adam step."""
+    import subprocess
+    from pathlib import Path
+
+    from helpers import TORCHRUN, free_port, tool_env
+
+    (tmp_path / 'worker.py').write_text(DDP_WORKER)
+    proc = subprocess.run([TORCHRUN, '--nproc_per_node=2', f'--master_port={free_port()}', str(tmp_path / 'worker.py'),
+                           str(tmp_path)], cwd=tmp_path, env=tool_env(PYTHONPATH=str(Path(__file__).parent)),
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / 'result.json').read_text())
+    assert result['moved'] > 1e-4  # the adapters trained (lr 1e-3, 3 Adam steps)
+    assert result['rank_gap'] < 1e-6  # unwrapped: different initialisations (~0.1 apart) and gradients

@@ -45,6 +45,17 @@ def hook_modules(net: nn.Module, names: dict[str, str], store: dict, label: str)
         modules[name].register_forward_hook(record_into(store, name))
 
 
+class AttackLoss(nn.Module):
+    """The attack's :meth:`losses` as a forward pass, so that DDP can wrap the attack's trainable parts."""
+
+    def __init__(self, attack: nn.Module) -> None:
+        super().__init__()
+        self.attack = attack
+
+    def forward(self, *args: torch.Tensor | list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.attack.losses(*args)
+
+
 @MODEL_REGISTRY.register()
 class DistillModel(AllInOneModel):
     """Knowledge distillation from a frozen teacher by a registered attack (see module docstring)."""
@@ -76,6 +87,11 @@ class DistillModel(AllInOneModel):
         hook_modules(self.net_teacher, self.attack.teacher_modules, self.teacher_taps, 'network_teacher')
         self.attack.build(*self._tap_channels())
         self.attack = self.attack.to(self.device)
+        self.attack_loss = AttackLoss(self.attack)
+        if self.opt['dist'] and any(p.requires_grad for p in self.attack.parameters()):
+            # DDP, as for net_g: every rank starts from rank 0's adapters (seeds differ per rank) and steps with the
+            # gradients averaged over ranks, so the adapters stay identical
+            self.attack_loss = self.model_to_device(self.attack_loss)
         super().init_training_settings()
         get_root_logger().info(f'DistillModel: attack {type(self.attack).__name__}({self.attack.extra_repr()})')
 
@@ -128,7 +144,7 @@ class DistillModel(AllInOneModel):
         self.student_taps.clear()
         self.output = self.net_g(self.lq)
         s_feats = [self.student_taps[s] for s in self.attack.student_modules.values()]
-        loss_dict = self.attack.losses(self.lq, self.output, t_out, s_feats, t_feats)
+        loss_dict = self.attack_loss(self.lq, self.output, t_out, s_feats, t_feats)
         l_total = sum(loss_dict.values(), self.output.new_zeros(()))
         loss_dict['l_total'] = l_total
         l_total.backward()
