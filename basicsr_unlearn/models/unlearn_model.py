@@ -28,7 +28,7 @@ from basicsr_unlearn.data.degradation_names import DEGRADATIONS
 from basicsr_unlearn.models.all_in_one_model import AllInOneModel
 from basicsr_unlearn.unlearning import methods  # noqa: F401  (registration)
 from basicsr_unlearn.unlearning.guard import DivergenceGuard
-from basicsr_unlearn.unlearning.hooks import HookedTraining, all_finite
+from basicsr_unlearn.unlearning.hooks import HookedTraining, all_finite, mean_over_ranks, names_over_ranks
 from basicsr_unlearn.unlearning.method import METHOD_REGISTRY, Nets, Step
 from basicsr_unlearn.unlearning.params import build, construct
 from basicsr_unlearn.unlearning.stops import STOP_REGISTRY
@@ -118,7 +118,12 @@ class UnlearnModel(HookedTraining, AllInOneModel):
         self.forget_names.update(n for n, r in zip(self.de_names, self.roles, strict=True) if r == 'forget')
 
     def optimize_parameters(self, current_iter: int) -> None:
-        """One step: the method's extra inputs, one forward, its loss terms, the hooks' veto, backward, update."""
+        """One step: the method's extra inputs, one forward, its loss terms, the hooks' veto, backward, update.
+
+        Every rank reaches the same collectives: a rank whose batch gives no term (while another's does) backpropagates
+        a zero loss, so DDP's gradient all-reduce still runs on all of them; the step is skipped only when no rank has
+        a term (e.g. TaskVector). Each logged term is averaged over the ranks that have it.
+        """
         if self.stopped:
             return
         extra = self.method.extra_inputs(self.lq, self.gt, self.forget_mask, self.nets)
@@ -128,15 +133,15 @@ class UnlearnModel(HookedTraining, AllInOneModel):
         self.output = out[:n]
         terms = self.method.losses(Step(self.lq, self.gt, self.forget_mask, out[:n], self.nets,
                                         None if extra is None else out[n:]))
-        if not terms:
+        names = names_over_ranks(list(terms))
+        if not names:
             return
-        l_total = sum(terms.values())
+        l_total = sum(terms.values()) if terms else 0.0 * out.sum()
         if not self.allow_update(terms, l_total):
             return
         l_total.backward()
         self.method.after_backward(self.nets)
         self.optimizer_g.step()
-        terms['l_total'] = l_total
-        self.log_dict = self.reduce_loss_dict({k: v.detach() for k, v in terms.items()})
+        self.log_dict = mean_over_ranks({**terms, 'l_total': l_total}, [*names, 'l_total'], self.device)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)

@@ -48,6 +48,33 @@ def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def names_over_ranks(names: list[str]) -> list[str]:
+    """The sorted union of ``names`` over the process group.
+
+    Example:
+        >>> names_over_ranks(['l_retain', 'l_forget'])
+        ['l_forget', 'l_retain']
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return sorted(set(names))
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, list(names))
+    return sorted({n for rank in gathered for n in rank})
+
+
+def mean_over_ranks(values: dict[str, torch.Tensor], names: list[str], device: torch.device) -> dict[str, float]:
+    """``{name: mean of values[name] over the ranks that have it}`` for each of ``names`` (the same on every rank).
+
+    Example:
+        >>> mean_over_ranks({'l_a': torch.tensor(2.0)}, ['l_a', 'l_b'], torch.device('cpu'))
+        {'l_a': 2.0}
+    """
+    local = torch.tensor([[float(values[n].detach()) if n in values else 0.0 for n in names],
+                          [1.0 if n in values else 0.0 for n in names]], device=device)
+    total, count = sum_over_ranks(local).tolist()
+    return {n: t / c for n, t, c in zip(names, total, count, strict=True) if c}
+
+
 def snapshot(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A CPU copy of ``net``'s state dict."""
     return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
