@@ -7,8 +7,9 @@ import textwrap
 from pathlib import Path
 
 import torch
+import yaml
 from basicsr.archs import build_network
-from helpers import ROOT, TINY_EDSR, TORCHRUN, free_port, tool_env
+from helpers import ROOT, TINY_EDSR, TORCHRUN, free_port, run_tool, tiny_workspace, tool_env, write_yaml
 from test_unlearn_model import (  # noqa: F401  (the module fixture)
     GA_ADV,
     grouped_batch,
@@ -125,3 +126,39 @@ def test_ddp_ranks_with_different_roles_stay_in_step(tmp_path: Path) -> None:
         assert r['has_state'] == (name in ('SalUn', 'AdaptStage1')), (name, r)
     assert set(results['GaAdv']['log']) == {'l_forget', 'l_retain', 'l_adv', 'l_total'}
     assert set(results['GradientAscent']['log']) == {'l_forget', 'l_total'}
+
+
+def test_a_stopped_run_resumed_stays_stopped(tmp_path: Path) -> None:
+    """tools/train.py: an oracle stop at the first validation (iter 3 of 9), then ``--auto_resume`` from
+    ``3.state``: the resumed run knows it stopped (log, train_log), trains nothing and keeps the weights at the stop
+    (EMA included)."""
+    option_file = Path(tiny_workspace(tmp_path, total_iter=9))
+    opt = yaml.safe_load(option_file.read_text())
+    original = tmp_path / 'original.pth'
+    torch.manual_seed(0)
+    net = build_network(dict(TINY_EDSR)).state_dict()
+    torch.save({'params': net, 'params_ema': net}, original)
+    opt['model_type'] = 'UnlearnModel'
+    opt['path']['pretrain_network_g'] = str(original)
+    opt['train'].update(method={'type': 'Finetune'}, ema_decay=0.5,
+                        stop={'type': 'OracleStop', 'de_name': 'noise25', 'forget_psnr': 99.0})
+    opt['logger']['save_checkpoint_freq'] = 3
+    write_yaml(option_file, opt)
+    first = run_tool('train.py', ['-opt', str(option_file)], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    exp = tmp_path / 'experiments' / 'tiny'
+    assert sorted(p.name for p in (exp / 'training_states').iterdir()) == ['3.state']
+    at_stop = torch.load(exp / 'models' / 'net_g_latest.pth', weights_only=True)
+
+    resumed = run_tool('train.py', ['-opt', str(option_file), '--auto_resume'], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    text = resumed.stdout + resumed.stderr
+    assert 'iter: 3.' in text and 'Resumed a run that had stopped at iter 3: oracle stop: forget PSNR' in text
+    assert sorted(p.name for p in (exp / 'training_states').iterdir()) == ['3.state']
+    assert not (exp / 'models' / 'net_g_6.pth').exists()
+    latest = torch.load(exp / 'models' / 'net_g_latest.pth', weights_only=True)
+    for key in ('params', 'params_ema'):
+        assert all(torch.equal(latest[key][k], v) for k, v in at_stop[key].items()), key
+    log = json.loads((exp / 'train_log.json').read_text())
+    assert log['stopped']['iter'] == 3 and log['stopped']['reason'].startswith('oracle stop: forget PSNR')
+    assert log['stop']['label'] == 'oracle stop' and log['stop']['target_psnr'] == 99.0

@@ -4,13 +4,16 @@ BasicSR's train loop has no hooks, so :class:`HookedTraining` (a mixin: ``class 
 calls ``self.hooks`` at the points the loop does reach: after each ``save``, after each ``validation``, and — for a
 model whose ``optimize_parameters`` calls :meth:`HookedTraining.allow_update` — before each update. A hook stops
 training by returning a reason; the remaining iterations become no-ops (no update, no checkpoint, no wall time), so
-any BasicSR launcher works and the final ``net_g_latest.pth`` holds the weights at the stop.
+any BasicSR launcher works and ``net_g_latest.pth`` (written at the stop, again at the final save) holds the weights
+at the stop; a run resumed after a stop stays stopped.
 
 Decisions that need a whole validation round (BasicSR validates one loader at a time) are taken by
 :meth:`TrainingHook.decide` at the start of the next iteration, or at the final save: the weights have not changed
 since the round, so the stop is recorded at the validated iteration.
 """
+import json
 import time
+from os import path as osp
 
 import torch
 import torch.distributed as dist
@@ -146,12 +149,35 @@ class HookedTraining:
                 hook.before_train(self)
 
     def stop(self, reason: str, at_iter: int | None = None) -> None:
-        """Stop training (``train_log['stopped']``, a warning in the log); later iterations are no-ops."""
+        """Stop training (``train_log['stopped']``, a warning in the log); later iterations are no-ops.
+
+        The weights at the stop are written at once to ``net_g_latest.pth`` (with ``train_log.json``), so a resumed
+        run (:meth:`resume_training`) finds them even when this process dies before its final save.
+        """
         self.stopped = True
         self.stop_reason = reason
         self.train_log['stopped'] = {'iter': int(self.current_iter if at_iter is None else at_iter), 'reason': reason}
         get_root_logger().warning(f'Training stopped: {reason}. Remaining iterations are no-ops.')
-        self.write_train_log()
+        super().save(-1, -1)
+
+    def resume_training(self, resume_state: dict) -> None:
+        """As the model's; a run whose ``train_log.json`` says it stopped stays stopped, with the weights at the stop
+        (``net_g_latest.pth``, EMA included) and its ``stop``/``stopped`` records, and says so in the log."""
+        super().resume_training(resume_state)
+        if not osp.isfile(self.train_log_path):
+            return
+        with open(self.train_log_path) as f:
+            log = json.load(f)
+        if 'stopped' not in log:
+            return
+        self.train_log.update({k: log[k] for k in ('stop', 'stopped') if k in log})
+        self.stopped, self.stop_reason, self._started = True, log['stopped']['reason'], True
+        latest = osp.join(self.opt['path']['models'], 'net_g_latest.pth')
+        self.load_network(self.net_g, latest, True, 'params')
+        if hasattr(self, 'net_g_ema'):
+            self.load_network(self.net_g_ema, latest, True, 'params_ema')
+        get_root_logger().warning(f"Resumed a run that had stopped at iter {log['stopped']['iter']}: "
+                                  f"{self.stop_reason}. Remaining iterations are no-ops.")
 
     def allow_update(self, terms: dict[str, torch.Tensor], total: torch.Tensor) -> bool:
         """False (and training stopped) when a hook vetoes this update."""
