@@ -1,10 +1,10 @@
 """Option loading for BasicSR launchers: YAML ``_base_`` inheritance and ``--cfg-options`` via mmengine ``Config``.
 
 :func:`parse_options` replaces ``basicsr.utils.options.parse_options`` (installed by ``compat.apply()``).
-It resolves ``_base_`` and ``--cfg-options a.b=v``, validates the registered names, writes the fully merged options
-to a temporary YAML and hands that to BasicSR's own ``parse_options`` (distributed init, seeds, ``--debug``,
-``num_gpu: auto``, experiment paths). BasicSR's ``copy_opt_file`` then saves the merged YAML, with the command line
-as a header comment, into the experiment folder, so a run can be repeated from its folder alone.
+It resolves ``_base_``, ``--cfg-options a.b=v`` and BasicSR's ``--force_yml a:b=v``, validates the result, writes the
+fully merged options to a temporary YAML and hands that to BasicSR's own ``parse_options`` (distributed init, seeds,
+``--debug``, ``num_gpu: auto``, experiment paths). BasicSR's ``copy_opt_file`` then saves the merged YAML, with the
+command line as a header comment, into the experiment folder, so a run can be repeated from its folder alone.
 
 Example:
     >>> opt = load_options('options/train/train_promptir-tiny_demo3_l1_2kit.yml', {'train.total_iter': 10})
@@ -143,6 +143,37 @@ def load_options(path: str, cfg_options: dict[str, Any] | None = None) -> dict:
     return cfg.to_dict()
 
 
+def apply_force_yml(opt: dict, entries: list[str]) -> dict:
+    """Set BasicSR's ``--force_yml key:subkey=value`` overrides in ``opt`` (in place), values read as BasicSR reads
+    them (``~``/``none``, ``true``/``false``, numbers, ``!!float``, ``[lists]``, else strings); returns ``opt``.
+
+    Applied before :func:`validate_options`, so an override is checked like the YAML it overrides.
+
+    Example:
+        >>> apply_force_yml({'train': {'ema_decay': 0}}, ['train:ema_decay=0.999'])
+        {'train': {'ema_decay': 0.999}}
+        >>> apply_force_yml({'train': {}}, ['trian:ema_decay=0.999'])
+        Traceback (most recent call last):
+        ValueError: --force_yml trian:ema_decay=0.999: no option block 'trian'; expected one of train
+    """
+    from basicsr.utils.options import _postprocess_yml_value
+
+    for entry in entries:
+        keys, equals, value = entry.partition('=')
+        path = [key.strip() for key in keys.split(':')]
+        if not equals or not all(path):
+            raise ValueError(f'--force_yml: expected key:subkey=value (e.g. train:ema_decay=0.999), got {entry!r}')
+        block = opt
+        for depth, key in enumerate(path[:-1]):
+            if not isinstance(block.get(key), dict):
+                where = ':'.join(path[:depth + 1])
+                known = ', '.join(k for k, v in block.items() if isinstance(v, dict))
+                raise ValueError(f"--force_yml {entry}: no option block '{where}'; expected one of {known}")
+            block = block[key]
+        block[path[-1]] = _postprocess_yml_value(value.strip())
+    return opt
+
+
 def dump_options(opt: dict) -> str:
     """Readable YAML of merged options, in key order, loadable by BasicSR's ``ordered_yaml`` loader."""
     return yaml.safe_dump(opt, sort_keys=False, default_flow_style=None, allow_unicode=True)
@@ -240,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--auto_resume', action='store_true')
     parser.add_argument('--debug', action='store_true')
     parser.add_argument('--local_rank', type=int, default=0)
-    parser.add_argument('--force_yml', nargs='+', default=None, help='BasicSR style: train:ema_decay=0.999')
+    parser.add_argument('--force_yml', nargs='+', default=None,
+                        help='override options BasicSR style, e.g. train:ema_decay=0.999 (validated like the YAML)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
                         help='override or add options, e.g. train.total_iter=100 network_g.dim=16')
     return parser
@@ -258,6 +290,7 @@ def parse_options(root_path: str, is_train: bool = True) -> tuple[dict, argparse
 
     args = build_parser().parse_args(rewrite_local_rank(sys.argv[1:]))
     opt = load_options(args.opt, args.cfg_options)
+    apply_force_yml(opt, args.force_yml or [])  # here, not in BasicSR: validated, and saved with the merged YAML
     validate_options(opt, where=args.opt, is_train=is_train)
     merged_dir = tempfile.mkdtemp(prefix='basicsr_unlearn_opt_')
     atexit.register(shutil.rmtree, merged_dir, True)
@@ -267,8 +300,6 @@ def parse_options(root_path: str, is_train: bool = True) -> tuple[dict, argparse
 
     argv = [sys.argv[0], '-opt', merged_path, '--launcher', args.launcher, '--local_rank', str(args.local_rank)]
     argv += ['--auto_resume'] * args.auto_resume + ['--debug'] * args.debug
-    if args.force_yml:
-        argv += ['--force_yml', *args.force_yml]
     saved_argv = sys.argv
     sys.argv = argv
     try:
@@ -294,6 +325,6 @@ def save_options(opt_file: str, folder: str) -> str:
     return target
 
 
-__all__ = ['build_parser', 'check_choice', 'check_keys', 'check_list', 'check_number', 'check_yaml', 'dump_options',
-           'inprocess_options', 'load_options', 'parse_options', 'rewrite_local_rank', 'save_options',
+__all__ = ['apply_force_yml', 'build_parser', 'check_choice', 'check_keys', 'check_list', 'check_number', 'check_yaml',
+           'dump_options', 'inprocess_options', 'load_options', 'parse_options', 'rewrite_local_rank', 'save_options',
            'validate_options']

@@ -287,6 +287,18 @@ LAUNCHER_CASES = {
                                  r'path\.pretrain_network_g: .*good\.pth does not fit EDSR: 9 of 10 shared tensors'),
     'test: truncated checkpoint': ('test.py', None, ['--cfg-options', 'path.pretrain_network_g={ws}/truncated.pth'],
                                    r'path\.pretrain_network_g: .*truncated\.pth: cannot read the checkpoint'),
+    'lr abc (force_yml)': ('train.py', None, ['--force_yml', 'train:optim_g:lr=abc'],
+                           r"train\.optim_g\.lr: expected a number > 0, got 'abc'"),
+    'force_yml block typo': ('train.py', None, ['--force_yml', 'trian:ema_decay=0.999'],
+                             r"--force_yml trian:ema_decay=0\.999: no option block 'trian'; expected one of datasets, "
+                             r'network_g, path, train, val, logger, dist_params'),
+    'force_yml without =': ('train.py', None, ['--force_yml', 'train:ema_decay'],
+                            r"--force_yml: expected key:subkey=value \(e\.g\. train:ema_decay=0\.999\), got "
+                            r"'train:ema_decay'"),
+    'test: truncated checkpoint (force_yml)': ('test.py', None,
+                                               ['--force_yml', 'path:pretrain_network_g={ws}/truncated.pth'],
+                                               r'path\.pretrain_network_g: .*truncated\.pth: cannot read the '
+                                               r'checkpoint'),
 }
 
 

@@ -21,7 +21,7 @@ def test_train_saves_merged_options_checkpoints_and_curves(tmp_path: Path) -> No
     tiny_workspace(tmp_path, total_iter=4)
     (tmp_path / 'child.yml').write_text('_base_: [tiny.yml]\nname: child\nnetwork_g:\n  num_feat: 4\n')
     proc = run_tool('train.py', ['-opt', 'child.yml', '--cfg-options', 'train.total_iter=6',
-                                    'train.scheduler.periods=[6]', 'logger.print_freq=2'],
+                                    'train.scheduler.periods=[6]', '--force_yml', 'logger:print_freq=2'],
                     tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     exp = tmp_path / 'experiments' / 'child'
@@ -30,7 +30,7 @@ def test_train_saves_merged_options_checkpoints_and_curves(tmp_path: Path) -> No
     saved = yaml.safe_load(saved_text)
     assert '_base_' not in saved and saved['model_type'] == 'AllInOneModel'  # inherited from tiny.yml
     assert saved['network_g']['num_feat'] == 4 and saved['network_g']['num_block'] == 1  # _base_ merge
-    assert saved['train']['total_iter'] == 6 and saved['logger']['print_freq'] == 2  # --cfg-options
+    assert saved['train']['total_iter'] == 6 and saved['logger']['print_freq'] == 2  # --cfg-options, --force_yml
     params = torch.load(exp / 'models' / 'net_g_latest.pth', weights_only=True)['params']
     assert params['conv_first.weight'].shape == (4, 3, 3, 3)
     assert sorted(p.name for p in (exp / 'training_states').iterdir()) == ['2.state', '4.state', '6.state']
