@@ -16,6 +16,7 @@ from basicsr_unlearn.checkpoint import load_checkpoint
 from basicsr_unlearn.evaluation.membership_inference import membership_auc
 from basicsr_unlearn.evaluation.metrics import evaluate
 from basicsr_unlearn.evaluation.model_specs import (
+    ModelSpec,
     plateau_gain,
     resolve_model,
     resolve_runs,
@@ -25,7 +26,13 @@ from basicsr_unlearn.evaluation.model_specs import (
 )
 from basicsr_unlearn.evaluation.relearning_attack import RelearnOptions, relearn_curve
 from basicsr_unlearn.evaluation.unlearning_markdown import main_table, write_report
-from basicsr_unlearn.evaluation.unlearning_report import ModelScores, attack_verdicts, build_report, split_test_sets
+from basicsr_unlearn.evaluation.unlearning_report import (
+    ModelScores,
+    attack_verdicts,
+    build_report,
+    evaluate_models,
+    split_test_sets,
+)
 from basicsr_unlearn.inference import pad_to_multiple
 
 
@@ -188,6 +195,30 @@ def test_oracle_stop_label_from_saved_options_and_train_log(tmp_path):
         stop = {'type': 'X', 'oracle': label, 'label': 'oracle stop' if label else 'oracle-free stop'}
         (folder / 'train_log.json').write_text(json.dumps({**log, 'stop': stop}))
         assert used_oracle_stop(folder) is label
+
+
+@pytest.mark.parametrize('param_key', ['default', 'params', None])
+def test_scored_weights_follow_path_param_key_g(tmp_path, param_key):
+    """Default: a file's params_ema, else its params; ``path.param_key_g: params`` the raw weights; ``~`` a bare state
+    dict. Nets A and B (other seeds) score 1.5 dB apart on haze, so which was loaded shows in the PSNR."""
+    _, opt = _tool_workspace(tmp_path)
+    nets = []
+    for seed in (10, 11):
+        torch.manual_seed(seed)
+        nets.append(build_network(dict(opt['network_g'])).state_dict())
+    a, b = nets
+    wrapped = {'ref': {'params': a, 'params_ema': b}, 'a': {'params': a}, 'b': {'params': b}}
+    files = {'ref': b, 'a': a, 'b': b} if param_key is None else wrapped
+    specs = []
+    for name, content in files.items():
+        torch.save(content, tmp_path / f'{name}.pth')
+        specs.append(ModelSpec(name, 'reference' if name == 'ref' else 'method', tmp_path / f'{name}.pth'))
+    if param_key != 'default':
+        opt['path'] = {'param_key_g': param_key}
+    scores = {s.name: s.per_degradation['haze']['psnr'] for s in evaluate_models(opt, specs, 'haze')}
+    assert abs(scores['a'] - scores['b']) > 0.5, scores  # 1.5 dB here
+    loaded = 'a' if param_key == 'params' else 'b'
+    assert scores['ref'] == pytest.approx(scores[loaded], abs=1e-6)
 
 
 def test_split_test_sets():

@@ -182,7 +182,9 @@ def evaluate_models(opt: dict, specs: Iterable[ModelSpec], forget: str, y_channe
     multiple = int(getattr(net, 'pad_multiple', None) or (opt.get('val') or {}).get('pad_multiple', 8))
     tile = (opt.get('val') or {}).get('tile')
     metric_kwargs = {'y_channel': y_channel, 'crop_border': crop_border}
-    param_key = (opt.get('path') or {}).get('param_key_g') or 'params_ema'  # falls back to params, as restore does
+    # the EMA weights (load_checkpoint falls back to params in a file without them) unless path.param_key_g says
+    # otherwise (~: the file's root, a bare state dict)
+    param_key = (opt.get('path') or {}).get('param_key_g', 'params_ema')
     pairs = None if relearn is None else relearn_pairs(loaders[member_key].dataset, relearn.pairs,
                                                        f'{where}: datasets.{member_key}')
 
