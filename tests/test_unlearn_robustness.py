@@ -147,14 +147,14 @@ def test_a_stopped_run_resumed_stays_stopped(tmp_path: Path) -> None:
     first = run_tool('train.py', ['-opt', str(option_file)], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     exp = tmp_path / 'experiments' / 'tiny'
-    assert sorted(p.name for p in (exp / 'training_states').iterdir()) == ['3.state']
+    assert sorted(p.name for p in (exp / 'training_states').glob('*.state')) == ['3.state']
     at_stop = torch.load(exp / 'models' / 'net_g_latest.pth', weights_only=True)
 
     resumed = run_tool('train.py', ['-opt', str(option_file), '--auto_resume'], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     text = resumed.stdout + resumed.stderr
     assert 'iter: 3.' in text and 'Resumed a run that had stopped at iter 3: oracle stop: forget PSNR' in text
-    assert sorted(p.name for p in (exp / 'training_states').iterdir()) == ['3.state']
+    assert sorted(p.name for p in (exp / 'training_states').glob('*.state')) == ['3.state']
     assert not (exp / 'models' / 'net_g_6.pth').exists()
     latest = torch.load(exp / 'models' / 'net_g_latest.pth', weights_only=True)
     for key in ('params', 'params_ema'):
@@ -162,3 +162,27 @@ def test_a_stopped_run_resumed_stays_stopped(tmp_path: Path) -> None:
     log = json.loads((exp / 'train_log.json').read_text())
     assert log['stopped']['iter'] == 3 and log['stopped']['reason'].startswith('oracle stop: forget PSNR')
     assert log['stop']['label'] == 'oracle stop' and log['stop']['target_psnr'] == 99.0
+
+
+def test_resumed_run_keeps_the_guard_and_rewind_state(tmp_path: Path, pretrained: str) -> None:  # noqa: F811
+    """Resumed from ``3.state``, the run still rewinds to the best round of before the resume (iter 1), not to
+    the weights it resumed with, and the guard keeps its good weights and first retain-side value."""
+    stop = {'type': 'InputLevelStop', 'de_name': 'haze', 'margin': -60.0, 'retain_delta': 0.0}
+    train = {'method': {'type': 'GradientAscent', 'tau': 1.0}, 'optim_g': {'type': 'Adam', 'lr': 1e-2},
+             'stop': stop, 'guard': {'explode_ratio': 1e6}}
+    model = UnlearnModel(options(tmp_path, train, pretrained))
+    validate(model, 1)
+    at_round = weights(model)
+    run(model, 2, first=2)
+    model.save(0, 3)
+    good = model.hooks[0].good
+    assert good is not None
+
+    resumed = UnlearnModel(options(tmp_path, train, str(tmp_path / 'models' / 'net_g_3.pth')))
+    resumed.resume_training(torch.load(tmp_path / 'states' / '3.state', weights_only=True))
+    assert resumed.hooks[0].good is not None and same(resumed.hooks[0].good['net_g'], good['net_g'])
+    run(resumed, 8, first=4)
+    validate(resumed, 11)
+    run(resumed, 1, first=12)
+    assert resumed.stopped and 'rewound to iter 1' in resumed.stop_reason, resumed.stop_reason
+    assert same(weights(resumed), at_round)

@@ -52,6 +52,13 @@ class DivergenceGuard(TrainingHook):
     def after_save(self, model) -> None:
         self.propose(model)
 
+    def state_dict(self) -> dict:
+        """The first retain-side value and the last good weights."""
+        return {'first_retain': self.first_retain, 'good': self.good}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.first_retain, self.good = state['first_retain'], state['good']
+
     def check_update(self, model, terms: dict[str, torch.Tensor], total: torch.Tensor) -> str | None:
         finite = all_ranks_true(bool(torch.isfinite(total.detach()).item()), model.device)
         exploded, retain = False, None

@@ -18,6 +18,9 @@ from os import path as osp
 import torch
 import torch.distributed as dist
 from basicsr.utils import get_root_logger
+from basicsr.utils.dist_util import master_only
+
+from basicsr_unlearn.fileio import atomic_path
 
 
 def all_ranks_true(flag: bool, device: torch.device) -> bool:
@@ -127,6 +130,13 @@ class TrainingHook:
     def decide(self, model) -> str | None:
         """At the start of the next iteration (or the final save): a reason to stop."""
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs to go on as this one would (saved with each training state)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict` (on resume, after ``before_train`` saw the resumed weights)."""
+
 
 class HookedTraining:
     """Mixin for an ``AllInOneModel`` subclass: runs ``self.hooks`` and makes iterations after a stop no-ops.
@@ -162,13 +172,15 @@ class HookedTraining:
 
     def resume_training(self, resume_state: dict) -> None:
         """As the model's; a run whose ``train_log.json`` says it stopped stays stopped, with the weights at the stop
-        (``net_g_latest.pth``, EMA included) and its ``stop``/``stopped`` records, and says so in the log."""
+        (``net_g_latest.pth``, EMA included) and its ``stop``/``stopped`` records, and says so in the log; any other
+        run gets its hooks' saved state back (:meth:`load_hooks_state`)."""
         super().resume_training(resume_state)
-        if not osp.isfile(self.train_log_path):
-            return
-        with open(self.train_log_path) as f:
-            log = json.load(f)
+        log = {}
+        if osp.isfile(self.train_log_path):
+            with open(self.train_log_path) as f:
+                log = json.load(f)
         if 'stopped' not in log:
+            self.load_hooks_state(resume_state['iter'])
             return
         self.train_log.update({k: log[k] for k in ('stop', 'stopped') if k in log})
         self.stopped, self.stop_reason, self._started = True, log['stopped']['reason'], True
@@ -178,6 +190,28 @@ class HookedTraining:
             self.load_network(self.net_g_ema, latest, True, 'params_ema')
         get_root_logger().warning(f"Resumed a run that had stopped at iter {log['stopped']['iter']}: "
                                   f"{self.stop_reason}. Remaining iterations are no-ops.")
+
+    def hooks_state_path(self, current_iter: int) -> str:
+        return osp.join(self.opt['path']['training_states'], f'{current_iter}.hooks')
+
+    @master_only
+    def save_training_state(self, epoch: int, current_iter: int) -> None:
+        """As the model's, plus each hook's :meth:`~TrainingHook.state_dict` in ``training_states/<iter>.hooks``."""
+        super().save_training_state(epoch, current_iter)
+        if current_iter != -1 and self.hooks:
+            with atomic_path(self.hooks_state_path(current_iter)) as tmp:
+                torch.save({type(hook).__name__: hook.state_dict() for hook in self.hooks}, tmp)
+
+    def load_hooks_state(self, current_iter: int) -> None:
+        """Run ``before_train`` on the resumed weights, then give each hook its saved state (if saved)."""
+        self._start()
+        path = self.hooks_state_path(current_iter)
+        if not osp.isfile(path):
+            return
+        states = torch.load(path, map_location='cpu', weights_only=True)
+        for hook in self.hooks:
+            if type(hook).__name__ in states:
+                hook.load_state_dict(states[type(hook).__name__])
 
     def allow_update(self, terms: dict[str, torch.Tensor], total: torch.Tensor) -> bool:
         """False (and training stopped) when a hook vetoes this update."""

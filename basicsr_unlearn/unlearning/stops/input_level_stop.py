@@ -52,6 +52,13 @@ class InputLevelStop(StopCriterion):
         super().before_train(model)
         self.best = (float('inf'), 0, snapshot_nets(model))
 
+    def state_dict(self) -> dict:
+        """The best feasible round so far (a resumed run rewinds to it, not to its own start)."""
+        return {'best': self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state['best']
+
     def new_round(self, model) -> None:
         if self.rewind:
             self.round_state = snapshot_nets(model)
