@@ -192,15 +192,17 @@ class HookedTraining:
                                   f"{self.stop_reason}. Remaining iterations are no-ops.")
 
     def hooks_state_path(self, current_iter: int) -> str:
+        """``training_states/<iter>.hooks``: the hooks' state beside ``<iter>.state``."""
         return osp.join(self.opt['path']['training_states'], f'{current_iter}.hooks')
 
     @master_only
     def save_training_state(self, epoch: int, current_iter: int) -> None:
-        """As the model's, plus each hook's :meth:`~TrainingHook.state_dict` in ``training_states/<iter>.hooks``."""
-        super().save_training_state(epoch, current_iter)
+        """Each hook's :meth:`~TrainingHook.state_dict` in ``training_states/<iter>.hooks`` (written first: a whole
+        ``<iter>.state`` implies its hooks' file), then the model's training state."""
         if current_iter != -1 and self.hooks:
             with atomic_path(self.hooks_state_path(current_iter)) as tmp:
                 torch.save({type(hook).__name__: hook.state_dict() for hook in self.hooks}, tmp)
+        super().save_training_state(epoch, current_iter)
 
     def load_hooks_state(self, current_iter: int) -> None:
         """Run ``before_train`` on the resumed weights, then give each hook its saved state (if saved)."""
