@@ -221,6 +221,30 @@ def test_scored_weights_follow_path_param_key_g(tmp_path, param_key):
     assert scores['ref'] == pytest.approx(scores[loaded], abs=1e-6)
 
 
+def test_report_rows_of_oracle_stopped_runs_are_labelled(tmp_path):
+    """Through resolve_runs, the scores and the report table: the run's train_log record, a train.stop of type
+    OracleStop (by a number, no reference), the legacy stop_rule (options or train_log); an oracle-free stop is not."""
+    runs = {
+        'by_log': (None, {'stop': {'type': 'OracleStop', 'oracle': True, 'label': 'oracle stop'}}),
+        'by_options': ({'stop': {'type': 'OracleStop', 'forget_psnr': 16.0, 'margin': 0.3}}, {}),
+        'legacy_options': ({'stop_rule': {'forget_psnr': 16.0, 'de_name': 'haze'}}, {}),
+        'legacy_log': (None, {'stop_rule': {'target_psnr': 16.3, 'de_names': ['haze']}}),
+        'free': ({'stop': {'type': 'InputLevelStop', 'retain_delta': 0.3}},
+                 {'stop': {'type': 'InputLevelStop', 'oracle': False, 'label': 'oracle-free stop'}}),
+    }
+    scores = _fake_scores()[:2]
+    for name, (train, record) in runs.items():
+        folder = _experiment(tmp_path, name, 5.0, stop=train)
+        log = json.loads((folder / 'train_log.json').read_text())
+        (folder / 'train_log.json').write_text(json.dumps({**log, **record}))
+        spec, = resolve_runs(name, 'method', str(folder), f'--method {name}')
+        scores.append(_scores(name, 'method', {'noise25': 30.0, 'rain': 28.0, 'haze': 18.5}, 5.0,
+                              oracle=spec.oracle_stop))
+    rows = {line.split(' |')[0].removeprefix('| '): line for line in main_table(build_report(scores, 'haze', 'RGB'))
+            .splitlines() if line.startswith('| ') and any(line.startswith(f'| {name}') for name in runs)}
+    assert set(rows) == {f'{name} (oracle stop)' for name in runs if name != 'free'} | {'free'}
+
+
 def test_split_test_sets():
     datasets = {'test_1': {'name': 'noise25'}, 'test_2': {'name': 'haze'}, 'test_3': {'name': 'haze_members'}}
     assert split_test_sets(datasets, 'haze', 'x.yml') == (['test_1', 'test_2'], 'test_3')

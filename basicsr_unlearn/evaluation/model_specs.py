@@ -59,21 +59,20 @@ def _saved_options(folder: Path) -> list[dict]:
 def used_oracle_stop(folder: Path) -> bool:
     """Whether the run in ``folder`` was stopped by looking at a retrained reference.
 
-    Its ``train_log.json`` says so when the stop criterion labelled it (``stop: {type, oracle, label}``); otherwise
-    (older runs) its saved options are read: a ``train.stop`` of type ``OracleStop``, or a ``train.stop`` /
-    ``train.stop_rule`` naming a ``reference`` checkpoint, steered the run by the answer.
+    Its ``train_log.json`` says so when the stop criterion labelled it (``stop: {type, oracle, label}``); otherwise its
+    saved options are read: a ``train.stop`` of type ``OracleStop`` or naming a ``reference`` checkpoint.
     """
     log_path = folder / 'train_log.json'
-    if log_path.is_file():
-        stop = json.loads(log_path.read_text()).get('stop')
-        if isinstance(stop, dict) and 'oracle' in stop:
-            return bool(stop['oracle'])
-    for opt in _saved_options(folder):
-        train = opt.get('train') or {}
-        for rule in (train.get('stop'), train.get('stop_rule')):
-            if isinstance(rule, dict) and (rule.get('type') == 'OracleStop' or rule.get('reference')):
-                return True
-    return False
+    log = json.loads(log_path.read_text()) if log_path.is_file() else {}
+    stop = log.get('stop')
+    if isinstance(stop, dict) and 'oracle' in stop:
+        return bool(stop['oracle'])
+    options = [opt.get('train') or {} for opt in _saved_options(folder)]
+    # kept for runs older than train.stop: the legacy train.stop_rule always stopped on a reference's PSNR
+    if 'stop_rule' in log or any(train.get('stop_rule') for train in options):
+        return True
+    return any(isinstance(train.get('stop'), dict) and (train['stop'].get('type') == 'OracleStop'
+                                                        or train['stop'].get('reference')) for train in options)
 
 
 def resolve_model(name: str, role: str, spec: str, where: str, seed: int = 0) -> ModelSpec:
