@@ -1,9 +1,11 @@
 """LMDB tooling: BasicSR-format round trip and interop, atomic writes, bad input, forked and spawned workers."""
 import importlib.util
 import os
+import pickle
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from basicsr.data import build_dataset
 from helpers import PYTHON, ROOT, tool_env
 from torch.utils.data import ConcatDataset, DataLoader
 
+from basicsr_unlearn.data import lmdb_backend
 from basicsr_unlearn.data.image_io import list_images, read_image
 from basicsr_unlearn.data.lmdb_backend import LmdbReader, check_lmdb, read_labels, write_lmdbs
 
@@ -197,3 +200,24 @@ def test_meta_pairs_of_different_names_keyed_by_lq(demo_root, tmp_path):
          'dataroot_lq': str(tmp_path / 'lq.lmdb')}]})
     assert len(ds) == 2 and torch.equal(ds[0]['gt'], ds[1]['gt'])
     assert torch.equal(ds[0]['gt'], torch.from_numpy(read_image(src)[:32, :32]).permute(2, 0, 1))
+
+
+def test_reads_keep_one_transaction_per_thread_and_process(tmp_path):
+    """The read path begins one transaction per LMDB, thread and process (not one per image)."""
+    images = {str(i): np.full((4, 4, 3), i, np.uint8) for i in range(3)}
+    path = write_lmdbs({'gt': tmp_path / 'x.lmdb'}, ((k, {'gt': img}) for k, img in images.items()))['gt']
+    reader = LmdbReader(path)
+    expected = {key: reader.get(key) for key in images}
+    assert lmdb_backend.read_txn(str(path)) is lmdb_backend.read_txn(str(path))
+    other: dict = {}
+    thread = threading.Thread(target=lambda: other.update(txn=lmdb_backend.read_txn(str(path)),
+                                                          values={k: reader.get(k) for k in images}))
+    thread.start()
+    thread.join()
+    assert other['txn'] is not lmdb_backend.read_txn(str(path)) and other['values'] == expected
+    assert pickle.loads(pickle.dumps(reader)).get('2') == expected['2']
+    pid = os.fork()
+    if pid == 0:  # child: no transaction inherited from the parent, reads begin a fresh one
+        fresh = not lmdb_backend._TXNS.txns and {k: reader.get(k) for k in images} == expected
+        os._exit(0 if fresh else 1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
