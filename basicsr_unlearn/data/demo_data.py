@@ -1,13 +1,17 @@
-"""The demo data set: natural photos bundled with scikit-image, split by photo, degraded like the 3-task benchmarks.
+"""The demo data set: photos bundled with scikit-image, split by photo, degraded like the 3-task benchmarks.
 
-Split by photo (:data:`SPLITS`: 10 train, 2 val, 4 test photos), so no scene is in two splits; grey photos are
-replicated to RGB, and the motorcycle is the left view of the stereo pair, whose disparity map gives the haze depth.
+Split by photo (:data:`SPLITS`: 10 train, 2 val, 4 test photos), so no scene is in two splits. Test holds the
+natural photos a restoration paper would show (cameraman of Set12, astronaut, the cat Chelsea, coffee), val two more
+natural photos (rocket, clock); train keeps the outdoor motorcycle scene, whose stereo disparity map gives the haze
+depth (every other photo uses :func:`~basicsr_unlearn.data.degradations.pseudo_depth`), plus the remaining bundled
+photos and textures. ``skimage.data.cat`` is Chelsea, so it is not used elsewhere. Grey photos are replicated to RGB.
 
 Like the benchmarks, noise is synthesised on the fly from clean train images (BSD400 style: sources ``noise15``,
 ``noise25``, ``noise50`` of type ``synth``), while rain and haze are fixed pre-synthesised lq/gt pairs
-(Rain100L / SOTS style). Val and test sets are fixed lq/gt folders, one per degradation, with seeded synthesis.
-``test/<type>_members`` holds the exact training pairs of each pre-synthesised type, so membership inference can
-compare members with the held-out ``test/<type>`` non-members.
+(Rain100L / SOTS style). Val and test sets are fixed lq/gt folders, one per degradation: each photo is fitted like a
+train photo, degraded whole (seeded per photo; haze sees the photo's full depth range, as in training), then cut
+into crops. ``test/<type>_members`` holds the exact training pairs of each pre-synthesised type, so membership
+inference can compare members with the held-out ``test/<type>`` non-members.
 
 Layout under ``out`` (all PNG, paired files share a name)::
 
@@ -19,11 +23,12 @@ Layout under ``out`` (all PNG, paired files share a name)::
     test/{rain,haze}_members/{gt,lq}/<photo>_<v>.png
     lmdb/train_clean.lmdb, lmdb/train_{rain,haze}_{gt,lq}.lmdb     (only with ``lmdb=True``)
 
-Sizes: ``demo`` resizes train photos to a 224-px short side (long side at most 320, so 64-px patches are plentiful),
-pre-synthesises 3 rain and 3 haze versions of each (30 pairs per type, ``<photo>_<v>.png``) and cuts 3 crops of
-96 px per val/test photo: 6 val and 12 test images per degradation. ``tiny`` (tests) uses a 64-px short side (long
-side at most 96), 3 versions per photo and one 32-px crop per val/test photo. (With 128-px photos and one version
-each, the 3-task model memorised the 10 haze pairs and fell 8-10 dB below the 2-task reference on every val set.)
+Sizes: ``demo`` resizes every photo to a 224-px short side (long side at most 320, so 64-px patches are plentiful),
+pre-synthesises 3 rain and 3 haze versions of each train photo (30 pairs per type, ``<photo>_<v>.png``) and cuts 3
+crops of 96 px per val/test photo: 6 val and 12 test images per degradation. ``tiny`` (tests) uses a 64-px short
+side (long side at most 96), 3 versions per photo and one 32-px crop per val/test photo. (With 128-px photos and one
+version each, the 3-task model memorised the 10 haze pairs and fell 8-10 dB below the 2-task reference on every val
+set.)
 
 Example (``build_demo('datasets/demo', size='tiny')`` writes the whole tiny set in a few seconds; tests use it):
     >>> {split: len(photos) for split, photos in SPLITS.items()}
@@ -48,10 +53,10 @@ from basicsr_unlearn.data.lmdb_backend import write_lmdbs
 from basicsr_unlearn.fileio import atomic_path, write_json
 
 SPLITS = {
-    'train': ('astronaut', 'coffee', 'rocket', 'hubble_deep_field', 'motorcycle', 'camera', 'brick', 'grass', 'page',
-              'moon'),
-    'val': ('chelsea', 'coins'),
-    'test': ('immunohistochemistry', 'retina', 'gravel', 'clock'),
+    'train': ('motorcycle', 'coins', 'moon', 'hubble_deep_field', 'brick', 'grass', 'gravel', 'page',
+              'immunohistochemistry', 'retina'),
+    'val': ('rocket', 'clock'),
+    'test': ('camera', 'astronaut', 'chelsea', 'coffee'),
 }
 PRESYNTH = ('rain', 'haze')
 EVAL_TYPES = ('noise15', 'noise25', 'noise50', 'rain', 'haze')
@@ -125,15 +130,24 @@ def _write_pair(root: Path, stem: str, gt: np.ndarray, lq: np.ndarray) -> None:
     write_image(root / 'lq' / f'{stem}.png', lq)
 
 
+def _degrade(de_name: str, gt: np.ndarray, depth: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    return synthesize(de_name, gt, rng, **({'depth': depth} if de_name == 'haze' else {}))
+
+
 def _eval_sets(root: Path, split: str, photos: dict, size: DemoSize, count: int, seed: int) -> dict:
-    """Per-degradation lq/gt folders of ``split`` (val or test); returns the manifest entries."""
-    images = [(f'{name}_{k}', crop) for name, (img, _) in photos.items()
-              for k, crop in enumerate(crops(fit(img, 2 * size.crop, 4 * size.crop)[0], size.crop, count))]
+    """Per-degradation lq/gt folders of ``split`` (val or test); returns the manifest entries.
+
+    Each photo is fitted like a train photo and degraded whole (seed ``(seed, split, degradation, photo index)``),
+    then ``count`` crops are cut from the same places of gt and lq.
+    """
+    fitted = [(name, *fit(img, size.train_short, size.train_long, depth)) for name, (img, depth) in photos.items()]
     entries = {}
     for de_name in EVAL_TYPES:
-        for index, (stem, gt) in enumerate(images):
-            _write_pair(root / split / de_name, stem, gt, synthesize(de_name, gt, _rng(seed, split, de_name, index)))
-        entries[de_name] = {'gt': f'{split}/{de_name}/gt', 'lq': f'{split}/{de_name}/lq', 'count': len(images)}
+        for index, (name, gt, depth) in enumerate(fitted):
+            lq = _degrade(de_name, gt, depth, _rng(seed, split, de_name, index))
+            for k, (gt_crop, lq_crop) in enumerate(zip(crops(gt, size.crop, count), crops(lq, size.crop, count))):
+                _write_pair(root / split / de_name, f'{name}_{k}', gt_crop, lq_crop)
+        entries[de_name] = {'gt': f'{split}/{de_name}/gt', 'lq': f'{split}/{de_name}/lq', 'count': count * len(fitted)}
     return entries
 
 
@@ -166,9 +180,7 @@ def build_demo(out: str | os.PathLike, size: str = 'demo', seed: int = 0, lmdb: 
             write_image(tmp / 'train' / 'clean' / f'{name}.png', gt)
             for de_name in PRESYNTH:
                 for v in range(dims.variants):
-                    rng = _rng(seed, 'train', de_name, index * dims.variants + v)
-                    extra = {'depth': depth} if de_name == 'haze' else {}
-                    lq = synthesize(de_name, gt, rng, **extra)
+                    lq = _degrade(de_name, gt, depth, _rng(seed, 'train', de_name, index * dims.variants + v))
                     _write_pair(tmp / 'train' / de_name, f'{name}_{v}', gt, lq)
         count = len(SPLITS['train']) * dims.variants
         for de_name in PRESYNTH:
