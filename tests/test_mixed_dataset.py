@@ -43,7 +43,7 @@ def test_demo_layout_matches_the_manifest(demo_root):
 
 def test_train_items_follow_the_batch_contract(demo_root, monkeypatch):
     ds = build_dataset(demo_opt(demo_root, monkeypatch))
-    assert len(ds) == 90  # 10 photos x (noise15 + noise25 + noise50) + 30 rain + 30 haze pairs
+    assert len(ds) == 210  # repeat 3: 10 photos x 3 x (noise15 + noise25 + noise50) + 30 rain x 3 + 30 haze pairs
     names = {}
     for index in range(len(ds)):
         item = ds[index]
@@ -52,8 +52,8 @@ def test_train_items_follow_the_batch_contract(demo_root, monkeypatch):
         assert item['de_type'] == DEGRADATIONS[item['de_name']] and item['role'] == 'retain'
         assert isinstance(item['lq_path'], str) and isinstance(item['gt_path'], str)
         names[item['de_name']] = names.get(item['de_name'], 0) + 1
-    assert names == {'noise15': 10, 'noise25': 10, 'noise50': 10, 'rain': 30, 'haze': 30}  # 3 versions/photo
-    noise = ds[11]  # a noise25 sample on a mid-grey photo (little clipping): measured sigma of lq - gt
+    assert names == {'noise15': 30, 'noise25': 30, 'noise50': 30, 'rain': 90, 'haze': 30}  # 3 versions/photo
+    noise = ds[30]  # a noise25 sample on a mid-grey photo (little clipping): measured sigma of lq - gt
     assert noise['de_name'] == 'noise25' and noise['gt_path'].endswith('brick.png')
     assert float((noise['lq'] - noise['gt']).std()) * 255 == pytest.approx(25, rel=0.15)
 
@@ -67,7 +67,7 @@ def test_train_sampling_is_reproducible_and_varies_per_draw(demo_root, monkeypat
 
 
 def test_val_items_are_deterministic_and_multiples_of_8(demo_root, monkeypatch, tmp_path):
-    write_image(tmp_path / 'clean' / 'odd.png', read_image(demo_root / 'train/clean/astronaut.png')[:61, :45])
+    write_image(tmp_path / 'clean' / 'odd.png', read_image(demo_root / 'train/clean/motorcycle.png')[:61, :45])
     opt = {'name': 'n50', 'type': 'MixedDegradationDataset', 'phase': 'val',
            'sources': [{'degradation': 'noise50', 'type': 'synth', 'dataroot_gt': str(tmp_path / 'clean')}]}
     first, second = build_dataset(opt)[0], build_dataset(opt)[0]
@@ -80,7 +80,7 @@ def test_role_groups_hold_the_exact_ratio_in_every_batch(demo_root, monkeypatch)
     opt = demo_opt(demo_root, monkeypatch)
     opt.update(forget=['haze'], role_group={'forget': 2, 'retain': 3}, gt_size=32)
     ds = build_dataset(opt)
-    assert len(ds) == 20  # max(30 haze records / 2, 60 retain records / 3): one pass covers both pools
+    assert len(ds) == 60  # max(30 haze records / 2, 180 retain records / 3): one pass covers both pools
     loader = DataLoader(ds, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0))
     seen_forget, seen_retain = set(), set()
     for batch in loader:
@@ -152,8 +152,8 @@ def test_bad_inputs_name_the_file_or_folder(demo_root, tmp_path):
 def test_lmdb_variant_yields_the_same_samples_as_the_folders(demo_root, monkeypatch):
     folders = build_dataset(demo_opt(demo_root, monkeypatch))
     lmdbs = build_dataset(demo_opt(demo_root, monkeypatch, 'demo3_lmdb.yml'))
-    assert len(lmdbs) == len(folders) == 90
-    for index in (0, 35, 80):  # noise15 from the clean LMDB, rain and haze pairs
+    assert len(lmdbs) == len(folders) == 210
+    for index in (0, 95, 185):  # noise15 from the clean LMDB, rain and haze pairs
         a, b = folders[index], lmdbs[index]
         assert torch.equal(a['lq'], b['lq']) and torch.equal(a['gt'], b['gt'])
         assert a['de_name'] == b['de_name'] and Path(a['gt_path']).stem == Path(b['gt_path']).name
@@ -204,7 +204,7 @@ def test_retain_only_groups_keep_the_forget_type_out(demo_root, monkeypatch):
         build_dataset(opt)
     opt['role_group']['retain_only'] = True
     ds = build_dataset(opt)
-    assert len(ds) == 20  # 60 retain records / 3
+    assert len(ds) == 60  # 180 retain records / 3
     names = {name for i in range(len(ds)) for name in ds[i]['de_name']}
     assert names == {'noise15', 'noise25', 'noise50', 'rain'}
     assert not any(ds[i]['is_forget'].any() for i in range(len(ds)))
