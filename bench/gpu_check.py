@@ -3,8 +3,8 @@
     python bench/gpu_check.py [--dry] [--json out.json]
 
 1. Published-size PromptIR training step (AllInOneModel, the 3-task recipe's AdamW + L1, batch 8 of 128 px): it/s
-   and peak CUDA memory in fp32, and with the whole step under ``torch.autocast(bfloat16)`` applied from here (no
-   model change; skipped where the device has no bf16).
+   and peak CUDA memory in fp32, and with the recipe's option ``train.amp: {dtype: bf16}`` (autocast of the forward
+   pass and loss; skipped where the GPU has no bf16; a CPU model ignores the option, so the dry run times fp32).
 2. One unlearning step (UnlearnModel, GaAdv of ``options/unlearn/unlearn_promptir-official_3task_ga-adv_2kit.yml``,
    4 forget + 4 retain samples) against that training step.
 3. A 1-GPU ``torchrun`` training run (tiny PromptIR on the tiny demo set, NCCL on GPU) SIGKILLed after its first
@@ -13,6 +13,7 @@
 ``--dry`` runs everything on the CPU with the tiny PromptIR, 32-px patches and a few steps (what the tests run).
 """
 import argparse
+import gc
 import json
 import os
 import signal
@@ -58,18 +59,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(model, batch: dict, steps: int, device: torch.device,
-               dtype: torch.dtype | None) -> tuple[float, float | None]:
+def time_steps(model, batch: dict, steps: int, device: torch.device) -> tuple[float, float | None]:
     """(median seconds per ``feed_data`` + ``optimize_parameters``, peak GiB or None on CPU) after 2 warm-ups."""
     if device.type == 'cuda':
+        gc.collect()  # the previously timed model's tensors must not count in this peak
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for it in range(steps + 2):
         sync(device)
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            model.feed_data(batch)
-            model.optimize_parameters(it + 1)
+        model.feed_data(batch)
+        model.optimize_parameters(it + 1)
         sync(device)
         if it >= 2:
             times.append(time.perf_counter() - start)
@@ -88,18 +89,21 @@ def step_costs(dry: bool, device: torch.device, tmp: Path) -> dict:
     plain = {'lq': lq.flatten(0, 1), 'gt': gt.flatten(0, 1)}
     num_gpu = 1 if device.type == 'cuda' else 0
 
-    opt = load_options(str(TRAIN_RECIPE), arch_overrides(dry))
-    train = inprocess_options(opt, str(tmp / 'train'))
-    train['num_gpu'] = num_gpu
-    model = AllInOneModel(train)
+    def train_model(name: str, **overrides) -> AllInOneModel:
+        train = inprocess_options(load_options(str(TRAIN_RECIPE), {**arch_overrides(dry), **overrides}),
+                                  str(tmp / name))
+        train['num_gpu'] = num_gpu
+        torch.manual_seed(0)
+        return AllInOneModel(train)
+
     results = {'batch': f'{plain["lq"].shape[0]} x {size} px', 'arch': 'tiny PromptIR' if dry else 'PromptIR 35.4M'}
-    fp32, results['peak_gib_fp32'] = time_steps(model, plain, steps, device, None)
+    fp32, results['peak_gib_fp32'] = time_steps(train_model('train'), plain, steps, device)
     results['it_s_fp32'] = 1 / fp32
-    bf16_ok = device.type == 'cpu' or torch.cuda.is_bf16_supported()
-    if bf16_ok:
-        bf16, results['peak_gib_bf16'] = time_steps(model, plain, steps, device, torch.bfloat16)
+    if device.type == 'cpu' or torch.cuda.is_bf16_supported():
+        bf16, results['peak_gib_bf16'] = time_steps(train_model('train_bf16', **{'train.amp.dtype': 'bf16'}), plain,
+                                                    steps, device)
         results['it_s_bf16'] = 1 / bf16
-    del model
+    opt = load_options(str(TRAIN_RECIPE), arch_overrides(dry))
 
     original = tmp / 'original.pth'
     torch.save({'params': build_network(dict(opt['network_g'])).state_dict()}, original)
@@ -108,7 +112,7 @@ def step_costs(dry: bool, device: torch.device, tmp: Path) -> dict:
     unlearn = inprocess_options(opt, str(tmp / 'unlearn'), pretrain_network_g=str(original))
     unlearn['num_gpu'] = num_gpu
     model = UnlearnModel(unlearn)
-    seconds, _ = time_steps(model, grouped, steps, device, None)
+    seconds, _ = time_steps(model, grouped, steps, device)
     results['unlearn_step_ratio'] = seconds / fp32
     results['unlearn_method'] = opt['train']['method']['type']
     return results
@@ -155,8 +159,10 @@ def table(results: dict) -> str:
             [f"train step fp32 ({results['arch']}, {results['batch']})",
              f"{results['it_s_fp32']:.2f} it/s, peak {gib(results['peak_gib_fp32'])}"]]
     if 'it_s_bf16' in results:
+        ignored = ' (train.amp ignored on the CPU)' if results['peak_gib_bf16'] is None else ''
         rows.append(['train step bf16 autocast (same batch)', f"{results['it_s_bf16']:.2f} it/s, peak "
-                     f"{gib(results['peak_gib_bf16'])}, x{results['it_s_bf16'] / results['it_s_fp32']:.2f} fp32 speed"])
+                     f"{gib(results['peak_gib_bf16'])}, x{results['it_s_bf16'] / results['it_s_fp32']:.2f} fp32 "
+                     f'speed{ignored}'])
     else:
         rows.append(['train step bf16 autocast', 'skipped: no bf16 on this device'])
     rows.append([f"unlearning step ({results['unlearn_method']}, 4 forget + 4 retain) / train step",
