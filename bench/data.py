@@ -2,7 +2,8 @@
 
 Builds the demo set (``--quick``: the tiny one) in a temporary folder, then times ``MixedDegradationDataset``
 through a ``DataLoader`` (train mode: random 64-px crops and flips) for the same rain pairs read from PNG folders, from
-the demo's LMDBs (PNG level 1, BasicSR's and ``tools/create_lmdb.py``'s default) and from LMDBs of PNG level 0, and for
+the demo's LMDBs (PNG level 0, the plugin's and ``tools/create_lmdb.py``'s default) and from LMDBs of PNG level 1
+(BasicSR's default), and for
 noise synthesised on the fly from the clean photos. Then the same folder-vs-LMDB comparison on a generated set of many
 small pairs (``--scale-pairs``, 32-px PNG crops of scikit-image photos, LQ with noise; deleted afterwards), where
 per-file open/stat/read costs show against decoding, plus the bare reads (bytes, no decoding). Finally it times one
@@ -39,7 +40,7 @@ def paired(kind: str, gt: Path, lq: Path) -> dict:
 
 
 def sources(root: Path) -> dict[str, dict]:
-    """The source kinds over the same demo photos: folder, the demo's LMDB (BasicSR's PNG level 1), synth."""
+    """The source kinds over the same demo photos: folder, the demo's LMDB (PNG level 0), synth."""
     return {
         'folder': paired('folder', root / 'train/rain/gt', root / 'train/rain/lq'),
         'lmdb': paired('lmdb', root / 'lmdb/train_rain_gt.lmdb', root / 'lmdb/train_rain_lq.lmdb'),
@@ -106,12 +107,12 @@ def report(title: str, rates: dict[str, float]) -> None:
 
 
 def at_scale(root: Path, pairs: int, batch: int, batches: int, rounds: int) -> dict[str, float]:
-    """Folder vs LMDB (levels 1 and 0) on ``pairs`` generated 32-px pairs: samples/s of shuffled batches drawn from
+    """Folder vs LMDB (levels 0 and 1) on ``pairs`` generated 32-px pairs: samples/s of shuffled batches drawn from
     all of them, and bare shuffled reads/s of the GT bytes."""
     items = scale_pairs(root, pairs)
     srcs = {'folder': paired('folder', root / 'gt', root / 'lq'),
-            'lmdb': write_pair_lmdbs(items, root / 'level1', 1),
-            'lmdb level 0': write_pair_lmdbs(items, root / 'level0', 0)}
+            'lmdb': write_pair_lmdbs(items, root / 'level0', 0),
+            'lmdb level 1': write_pair_lmdbs(items, root / 'level1', 1)}
     loaders = {kind: loader(dataset(src, 32, 1), batch, 0) for kind, src in srcs.items()}
     rates = median_rates({kind: lambda dl=dl: samples_per_second(dl, batches) for kind, dl in loaders.items()}, rounds)
     order = np.random.default_rng(1).permutation(pairs)
@@ -131,7 +132,7 @@ def at_scale(root: Path, pairs: int, batch: int, batches: int, rounds: int) -> d
            f'median of {rounds} interleaved rounds:', rates)
     report(f'{images}, bare shuffled reads/s of the GT bytes (no decoding), median of {rounds} rounds:', raw)
     return {f'data: lmdb samples/s / folder samples/s, {images}': rates['lmdb'] / rates['folder'],
-            f'data: lmdb level-0 samples/s / folder samples/s, {images}': rates['lmdb level 0'] / rates['folder'],
+            f'data: lmdb level-1 samples/s / folder samples/s, {images}': rates['lmdb level 1'] / rates['folder'],
             f'data: lmdb reads/s / folder reads/s, {images}': raw['lmdb'] / raw['folder']}
 
 
@@ -180,9 +181,9 @@ def main() -> dict[str, float]:
         repeat = (max(batches, iters) + 2) * args.batch // len(SPLITS["train"]) + 1  # one epoch covers the timing
         srcs = sources(root)
         gts = sorted((root / 'train/rain/gt').iterdir())
-        srcs['lmdb level 0'] = write_pair_lmdbs(
+        srcs['lmdb level 1'] = write_pair_lmdbs(
             [(p.stem, {'gt': read_image(p), 'lq': read_image(root / 'train/rain/lq' / p.name)}) for p in gts],
-            root / 'lmdb_level0', 0)
+            root / 'lmdb_level1', 1)
         loaders = {kind: loader(dataset(src, gt_size, repeat), args.batch, 0) for kind, src in srcs.items()}
         rates = median_rates({kind: lambda dl=dl: samples_per_second(dl, batches) for kind, dl in loaders.items()},
                              args.rounds)

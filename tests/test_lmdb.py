@@ -43,7 +43,7 @@ def test_round_trip_is_bit_exact_with_sanitised_keys_and_labels(demo_root, tmp_p
                       '--out-gt', str(out_gt), '--out-lq', str(out_lq), '--verify'])
     assert '5 keys verified' in capsys.readouterr().out
     lines = (out_gt / 'meta_info.txt').read_text().splitlines()
-    assert lines[0] == '0025_0_8_0_04.png (32,32,3) 1'
+    assert lines[0] == '0025_0_8_0_04.png (32,32,3) 0'  # PNG level 0, the default
     assert read_labels(out_lq) == {line.split('.png')[0]: 'rain' for line in lines}
     reader = LmdbReader(out_lq)
     for path in list_images(pairs / 'lq', 'lq'):

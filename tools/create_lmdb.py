@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--out-lq', help='output LQ LMDB folder (with --lq or --synth)')
     parser.add_argument('--map-size', type=int, default=1 << 28,
                         help='initial LMDB map size in bytes (default 256 MiB; doubled automatically when full)')
-    parser.add_argument('--compress-level', type=int, default=1, choices=range(10), help='PNG level (BasicSR: 1)')
+    parser.add_argument('--compress-level', type=int, default=0, choices=range(10),
+                        help='PNG level: 0 (default) decodes ~2x faster than BasicSR\'s 1, ~1.7x the disk')
     parser.add_argument('--overwrite', action='store_true', help='replace existing output LMDBs')
     parser.add_argument('--verify', action='store_true', help='re-read and decode every key after writing')
     args = parser.parse_args(argv)
