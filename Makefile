@@ -18,8 +18,10 @@ test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests basicsr_unlearn --durations=15
 
+# make demo: base models from checkpoints/demo/ when shipped (sha256-checked), else trained; FRESH=1 trains them in
+# this run. Rebuild the shipped ones: $(PY) tools/demo.py --build-base
 demo: $(VENV)/.installed
-	$(PY) tools/demo.py
+	$(PY) tools/demo.py $(if $(FRESH),--fresh-base)
 
 bench: $(VENV)/.installed
 	$(PY) bench/run_all.py

@@ -1,33 +1,50 @@
-"""The whole product on one machine: demo data, the original and retrained models, every unlearning method, the
-ASVP study, and `results/demo/REPORT.md`.
+"""The whole product on one machine: demo data, the original and retrained models, every unlearning method (haze and
+rain forgotten, 3 seeds each), the ASVP study, and `results/demo/REPORT.md`.
 
 Usage:
-    python tools/demo.py            # reuse finished stages whose merged options did not change
-    python tools/demo.py --fresh    # run every stage again
+    python tools/demo.py                # reuse finished stages whose merged options did not change
+    python tools/demo.py --fresh        # run every stage again
+    python tools/demo.py --fresh-base   # train the base models here instead of installing the shipped ones
+    python tools/demo.py --build-base   # train the base models, write them to checkpoints/demo/, stop
 
 Each stage is a real command (`tools/train.py`, `tools/unlearn_report.py`, ...) run in a subprocess with the
 repository root as working directory. A stage is skipped when its stamp in `results/demo/stages/` carries the same
 key: a hash of the command line and of the fully merged options of every YAML it reads (`_base_` resolved).
+
+Base models: the original and, per forgotten type, the retrained-without-X reference at 2 seeds (their gap on X is
+the noise floor of "indistinguishable from retraining"). A base model listed in `checkpoints/demo/manifest.json` is
+installed into `experiments/<name>/` instead of trained, after checking the checkpoint's sha256 and that its training
+YAML (with the seed overrides) still merges to the options it was trained from. Every unlearning method runs with
+seeds 0, 1, 2: seed 0 is its YAML as it is, seed k adds `--force_yml manual_seed=k datasets:train:seed=k
+name=<name>_seed<k>`.
 """
 import argparse
+import copy
 import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache, partial
 from pathlib import Path
 
 import basicsr_unlearn  # noqa: F401  (torchvision alias before basicsr)
-from basicsr_unlearn.config import load_options
+from basicsr_unlearn.config import apply_force_yml, load_options
 from basicsr_unlearn.fileio import write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path('results/demo')
+SHIPPED = Path('checkpoints/demo')
 ARCH = 'promptir-tiny'
-FORGET = 'haze'
+FORGET_TYPES = ('haze', 'rain')
+UNLEARN_DATA = {'haze': 'demo3', 'rain': 'demo3-forget-rain'}  # option files unlearn_<ARCH>_<data>_<stem>_*.yml
+REFERENCE_SEEDS = (0, 1)
+METHOD_SEEDS = (0, 1, 2)
 UNLEARN_METHODS = {  # report name -> its training stages (option file stems), run in order, each stage once
     'ga_adv': ['ga-adv'],
     'ga_adv_oracle_stop': ['ga-adv-oracle'],  # the same run stopped by the retrained model: labelled, for comparison
@@ -44,19 +61,38 @@ UNLEARN_METHODS = {  # report name -> its training stages (option file stems), r
 
 @dataclass
 class Stage:
-    """One demo step: a command, the option files it reads, the paths it must leave behind, the stages it needs."""
+    """One demo step: a command (or an in-process action), the option files it reads, the paths it must leave
+    behind, the stages it needs, and any extra text its key depends on (a shipped checkpoint's sha256)."""
 
     name: str
     cmd: list[str]
     options: list[Path] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
     needs: list[str] = field(default_factory=list)
+    action: Callable[[], None] | None = None
+    stamp: str = ''
 
     def key(self, needed_keys: list[str]) -> str:
-        """Hash of the command, the merged options and the keys of the stages it needs."""
-        merged = [load_options(str(p)) for p in self.options]
-        blob = json.dumps({'cmd': self.cmd, 'options': merged, 'needs': needed_keys}, sort_keys=True, default=str)
+        """Hash of the command, the merged options, the stamp and the keys of the stages it needs."""
+        merged = [merged_options(p) for p in self.options]
+        blob = json.dumps({'cmd': self.cmd, 'options': merged, 'needs': needed_keys, 'stamp': self.stamp},
+                          sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()
+
+    @property
+    def run_dir(self) -> Path:
+        """`experiments/<run name>` of a training stage (the folder of its first output)."""
+        return self.outputs[0].parents[1]
+
+
+@cache
+def _merged(path: Path) -> dict:
+    return load_options(str(path))
+
+
+def merged_options(path: Path) -> dict:
+    """The fully merged options of an option file (parsed once per run; a copy the caller may change)."""
+    return copy.deepcopy(_merged(path))
 
 
 def find_option(folder: str, stem: str) -> Path:
@@ -68,53 +104,188 @@ def find_option(folder: str, stem: str) -> Path:
     return hits[0]
 
 
-def experiment_dir(option_file: Path) -> Path:
-    """`experiments/<name>` of a training option file."""
-    return Path('experiments') / load_options(str(option_file))['name']
+def seeded(name: str, seed: int) -> tuple[str, list[str]]:
+    """Run name and `--force_yml` overrides of seed `seed` of the run `name` (seed 0: the YAML as it is).
+
+    >>> seeded('train_x', 1)
+    ('train_x_seed1', ['manual_seed=1', 'datasets:train:seed=1', 'name=train_x_seed1'])
+    """
+    if seed == 0:
+        return name, []
+    run = f'{name}_seed{seed}'
+    return run, [f'manual_seed={seed}', f'datasets:train:seed={seed}', f'name={run}']
 
 
-def train_stage(name: str, option_file: Path, needs: list[str]) -> Stage:
-    return Stage(name, [sys.executable, 'tools/train.py', '-opt', str(option_file.relative_to(ROOT))],
-                 [option_file], [experiment_dir(option_file) / 'models' / 'net_g_latest.pth'], needs)
+def train_stage(name: str, option_file: Path, needs: list[str], seed: int = 0, overrides: tuple[str, ...] = ()
+                ) -> Stage:
+    """`tools/train.py` on `option_file` at `seed`, with extra `--force_yml` overrides."""
+    run, force = seeded(merged_options(option_file)['name'], seed)
+    force += overrides
+    cmd = [sys.executable, 'tools/train.py', '-opt', str(option_file.relative_to(ROOT))]
+    return Stage(name, cmd + (['--force_yml', *force] if force else []), [option_file],
+                 [Path('experiments') / run / 'models' / 'net_g_latest.pth'], needs)
 
 
-def build_stages() -> list[Stage]:
-    """All demo stages with their dependencies."""
-    original_opt = find_option('train', f'train_{ARCH}_demo3_l1')
-    reference_opt = find_option('train', f'train_{ARCH}_demo3-wo-{FORGET}_l1')
+def reference_stage(forget: str, seed: int) -> str:
+    return f'retrain_wo_{forget}' + (f'_seed{seed}' if seed else '')
+
+
+def base_runs() -> list[tuple[str, Path, int]]:
+    """`(stage name, training option file, seed)` of every base model: the original, each reference at 2 seeds."""
+    runs = [('original', find_option('train', f'train_{ARCH}_demo3_l1'), 0)]
+    for forget in FORGET_TYPES:
+        option_file = find_option('train', f'train_{ARCH}_demo3-wo-{forget}_l1')
+        runs += [(reference_stage(forget, seed), option_file, seed) for seed in REFERENCE_SEEDS]
+    return runs
+
+
+def options_digest(option_file: Path, seed: int) -> str:
+    """sha1 of the merged options of a base run (seed overrides applied): what its checkpoint was trained from."""
+    opt = merged_options(option_file)
+    apply_force_yml(opt, seeded(opt['name'], seed)[1])
+    return hashlib.sha1(json.dumps(opt, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(folder: Path = SHIPPED) -> dict[str, dict]:
+    """The shipped base models of `folder/manifest.json`, `{run name: entry}`; `{}` when none is shipped."""
+    path = folder / 'manifest.json'
+    return json.loads(path.read_text())['models'] if path.is_file() else {}
+
+
+def check_shipped(folder: Path, run: str, entry: dict, digest: str) -> None:
+    """Raise `SystemExit` naming the file when a shipped checkpoint's sha256 or training options do not match."""
+    rebuild = 'rebuild the shipped models with `python tools/demo.py --build-base`, or train them in this run ' \
+              'with `make demo FRESH=1`'
+    ckpt = folder / entry['file']
+    if not ckpt.is_file():
+        raise SystemExit(f'{ckpt}: listed in {folder / "manifest.json"} for {run} but missing; {rebuild}')
+    actual = file_sha256(ckpt)
+    if actual != entry['sha256']:
+        raise SystemExit(f'{ckpt}: sha256 {actual} does not match {folder / "manifest.json"} ({entry["sha256"]}): '
+                         f'the file is corrupt or was replaced (a Git LFS pointer?); {rebuild}')
+    if digest != entry['options_sha1']:
+        raise SystemExit(f'{folder / "manifest.json"}: {run} was trained from other options than '
+                         f'{entry["option"]} (seed {entry["seed"]}) merges to now; {rebuild}')
+
+
+def install_shipped(folder: Path, run: str, entry: dict) -> None:
+    """Copy a shipped base model (checkpoint, train_log.json, training log) into `experiments/<run>/`."""
+    target = Path('experiments') / run
+    (target / 'models').mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(folder / entry['file'], target / 'models' / 'net_g_latest.pth')
+    shutil.copyfile(folder / entry['train_log'], target / 'train_log.json')
+    shutil.copyfile(folder / entry['log'], target / Path(entry['log']).name)
+
+
+def ship(folder: Path, run_dir: Path, option_file: Path, seed: int) -> dict:
+    """Copy a trained base model into `folder` (checkpoint, train_log.json, its newest BasicSR log); returns its
+    manifest entry."""
+    run = run_dir.name
+    logs = sorted(run_dir.glob(f'train_{run}_*.log'), key=os.path.getmtime)
+    if not logs:
+        raise SystemExit(f'{run_dir}: no BasicSR training log train_{run}_*.log to ship')
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {'file': f'{run}.pth', 'train_log': f'{run}.train_log.json', 'log': f'{run}.log'}
+    for key, source in (('file', run_dir / 'models' / 'net_g_latest.pth'), ('train_log', run_dir / 'train_log.json'),
+                        ('log', logs[-1])):
+        shutil.copyfile(source, folder / files[key])
+    return {**files, 'sha256': file_sha256(folder / files['file']), 'option': str(option_file.relative_to(ROOT)),
+            'seed': seed, 'options_sha1': options_digest(option_file, seed),
+            'built_on': f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores'}
+
+
+def base_stages(shipped: dict[str, dict], folder: Path = SHIPPED) -> list[Stage]:
+    """A training stage per base model, or an install stage where `shipped` (a manifest) lists its run."""
+    stages = []
+    for name, option_file, seed in base_runs():
+        stage = train_stage(name, option_file, ['data'], seed)
+        entry = shipped.get(stage.run_dir.name)
+        if entry is not None:
+            check_shipped(folder, stage.run_dir.name, entry, options_digest(option_file, seed))
+            stage = Stage(name, [], outputs=stage.outputs, action=partial(install_shipped, folder,
+                                                                          stage.run_dir.name, entry),
+                          stamp=entry['sha256'])
+        stages.append(stage)
+    return stages
+
+
+def unlearn_stages(forget: str) -> tuple[list[Stage], list[str]]:
+    """Every unlearning stage forgetting `forget` (each method at :data:`METHOD_SEEDS`) and the report's `--method`
+    arguments."""
+    stages: dict[str, Stage] = {}
+    methods = []
+    for method, stems in UNLEARN_METHODS.items():
+        runs = []
+        for seed in METHOD_SEEDS:
+            previous: list[Stage] = []
+            for stem in stems:
+                name = f'unlearn_{forget}_{stem}_s{seed}'
+                if name not in stages:  # every method starts from the original; an oracle variant reads the reference
+                    option_file = find_option('unlearn', f'unlearn_{ARCH}_{UNLEARN_DATA[forget]}_{stem}')
+                    oracle = [reference_stage(forget, 0)] if 'oracle' in stem else []
+                    needs = ['original', *oracle, *(s.name for s in previous)]
+                    overrides = adapted_override(option_file, previous[-1], seed) if previous else ()
+                    stages[name] = train_stage(name, option_file, needs, seed, overrides)
+                previous.append(stages[name])
+            runs.append('+'.join(str(s.run_dir) for s in previous))
+        methods += ['--method', f'{method}={",".join(runs)}']
+    return list(stages.values()), methods
+
+
+def adapted_override(option_file: Path, previous: Stage, seed: int) -> tuple[str, ...]:
+    """A later stage of a multi-stage method reads the previous stage of its own seed (`path.pretrain_network_adapted`;
+    seed 0: the path its YAML names, checked)."""
+    expected = str(previous.outputs[0])
+    named = merged_options(option_file).get('path', {}).get('pretrain_network_adapted')
+    if seed == 0:
+        if named != expected:
+            raise ValueError(f'{option_file.relative_to(ROOT)}: path.pretrain_network_adapted: expected {expected} '
+                             f'(the previous stage {previous.name}), got {named!r}')
+        return ()
+    return (f'path:pretrain_network_adapted={expected}',)
+
+
+def data_stage() -> Stage:
+    return Stage('data', [sys.executable, 'tools/prepare_demo_data.py', '--out', 'datasets/demo', '--lmdb'],
+                 outputs=[Path('datasets/demo/manifest.json')])
+
+
+def build_stages(shipped: dict[str, dict] | None = None) -> list[Stage]:
+    """All demo stages with their dependencies, in start order; base models listed in `shipped` are installed."""
     test_opt = find_option('test', f'test_{ARCH}_demo3')
     study_opt = find_option('distill', f'asvp-study_{ARCH}_demo3')
-    stages = [
-        Stage('data', [sys.executable, 'tools/prepare_demo_data.py', '--out', 'datasets/demo', '--lmdb'],
-              outputs=[Path('datasets/demo/manifest.json')]),
-        train_stage('original', original_opt, ['data']),
-        train_stage(f'retrain_wo_{FORGET}', reference_opt, ['data']),
-    ]
-    methods, trained = [], set()
-    for method, stems in UNLEARN_METHODS.items():
-        option_files = [find_option('unlearn', f'unlearn_{ARCH}_demo3_{stem}') for stem in stems]
-        for i, (stem, option_file) in enumerate(zip(stems, option_files)):
-            if stem not in trained:  # every method starts from the original; only an oracle variant reads the reference
-                oracle = [f'retrain_wo_{FORGET}'] if 'oracle' in stem else []
-                needs = ['original', *oracle] + [f'unlearn_{s}' for s in stems[:i]]
-                stages.append(train_stage(f'unlearn_{stem}', option_file, needs))
-                trained.add(stem)
-        methods += ['--method', f"{method}={'+'.join(str(experiment_dir(f)) for f in option_files)}"]
-    stages.append(Stage('unlearn_report', [
-        sys.executable, 'tools/unlearn_report.py', '--opt', str(test_opt.relative_to(ROOT)),
-        '--original', str(experiment_dir(original_opt)), '--reference', str(experiment_dir(reference_opt)),
-        '--forget', FORGET, '--out', str(OUT / 'unlearn'), *methods,
-    ], [test_opt], [OUT / 'unlearn' / 'report.md'],
-        [f'retrain_wo_{FORGET}'] + [s.name for s in stages if s.name.startswith('unlearn_')]))
-    stages.append(Stage('asvp_study', [
+    stages = [data_stage(), *base_stages(shipped or {})]
+    runs = {s.name: s.run_dir for s in stages[1:]}
+    study = Stage('asvp_study', [
         sys.executable, 'tools/asvp_study.py', '--quick', '--opt', str(study_opt.relative_to(ROOT)),
-        '--teacher', str(experiment_dir(original_opt) / 'models' / 'net_g_latest.pth'), '--out', str(OUT / 'asvp'),
-    ], [study_opt], [OUT / 'asvp' / 'report.md'], ['original']))
+        '--teacher', str(runs['original'] / 'models' / 'net_g_latest.pth'), '--out', str(OUT / 'asvp'),
+    ], [study_opt], [OUT / 'asvp' / 'report.md'], ['original'])
+    for forget in FORGET_TYPES:
+        unlearning, methods = unlearn_stages(forget)
+        references = [reference_stage(forget, seed) for seed in REFERENCE_SEEDS]
+        stages += unlearning
+        if forget == FORGET_TYPES[-1]:  # the study keeps the second core busy beside the last report
+            stages.append(study)
+        stages.append(Stage(f'unlearn_report_{forget}', [
+            sys.executable, 'tools/unlearn_report.py', '--opt', str(test_opt.relative_to(ROOT)),
+            '--original', str(runs['original']), *(a for r in references for a in ('--reference', str(runs[r]))),
+            '--forget', forget, '--out', str(OUT / f'unlearn_{forget}'), *methods,
+        ], [test_opt], [OUT / f'unlearn_{forget}' / 'report.md'], ['original', *references,
+                                                                   *(s.name for s in unlearning)]))
     return stages
 
 
 class Runner:
-    """Runs stages as subprocesses, at most `jobs` at once, each single-threaded so wall times compare fairly."""
+    """Runs stages as subprocesses, at most `jobs` at once, each single-threaded so wall times compare fairly; a
+    stage with an in-process action (installing a shipped checkpoint) runs at once."""
 
     def __init__(self, stages: list[Stage], jobs: int, fresh: bool):
         self.stages = {s.name: s for s in stages}
@@ -136,6 +307,11 @@ class Runner:
         print(f'[{time.strftime("%H:%M:%S")} {done}/{self.total}] {name}: {text}', flush=True)
 
     def start(self, stage: Stage) -> None:
+        if stage.action is not None:
+            started = time.time()
+            stage.action()
+            self.finish(stage.name, 0, started)
+            return
         log_path = OUT / 'logs' / f'{stage.name}.log'
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
@@ -190,24 +366,26 @@ class Runner:
 
 
 def write_report(seconds: dict[str, float]) -> str:
-    """Assemble `results/demo/REPORT.md` from the two sub-reports; returns the headline table."""
-    unlearn_md = (OUT / 'unlearn' / 'report.md').read_text()
-    asvp_md = (OUT / 'asvp' / 'report.md').read_text()
-    headline = json.loads((OUT / 'unlearn' / 'report.json').read_text()).get('headline_md', '')
+    """Assemble `results/demo/REPORT.md` from the sub-reports; returns the headline tables."""
     hardware = f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU'
     stage_rows = '\n'.join(f'| {name} | {s:.0f} |' for name, s in seconds.items())
     text = (
         '# basicsr-unlearn demo report\n\n'
         f'Hardware: {hardware}. Wall time of this run: {seconds["total (wall)"] / 60:.1f} min '
-        '(stages reused from an earlier run count 0; two stages run at once, one thread each).\n\n'
-        '## Accurate forgetting of haze (tiny PromptIR, demo data)\n\n'
-        + _relink(unlearn_md, 'unlearn')
-        + '\n## ASVP anti-distillation study\n\n'
-        + _relink(asvp_md, 'asvp')
-        + '\n## Stage times\n\n| stage | seconds |\n|---|---|\n' + stage_rows + '\n'
+        '(stages reused from an earlier run or installed from checkpoints/demo count 0; two stages run at once, one '
+        'thread each).\n\n'
     )
+    headlines = []
+    for forget in FORGET_TYPES:
+        sub = f'unlearn_{forget}'
+        report = json.loads((OUT / sub / 'report.json').read_text())
+        markdown = (OUT / sub / 'report.md').read_text()
+        text += f'## Accurate forgetting of {forget} (tiny PromptIR, demo data)\n\n' + _relink(markdown, sub) + '\n'
+        headlines.append(f'Forgetting {forget}:\n\n' + (report.get('headline_md') or markdown))
+    text += ('## ASVP anti-distillation study\n\n' + _relink((OUT / 'asvp' / 'report.md').read_text(), 'asvp')
+             + '\n## Stage times\n\n| stage | seconds |\n|---|---|\n' + stage_rows + '\n')
     write_text(OUT / 'REPORT.md', text)
-    return headline or unlearn_md
+    return '\n\n'.join(headlines)
 
 
 def _relink(markdown: str, sub: str) -> str:
@@ -219,14 +397,33 @@ def _relink(markdown: str, sub: str) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def build_base(jobs: int, fresh: bool) -> None:
+    """Train the data and every base model (reusing up-to-date stages) and write them to `checkpoints/demo/`."""
+    base = [data_stage(), *base_stages({})]
+    Runner(base, jobs, fresh).run()
+    runs = {name: (option_file, seed) for name, option_file, seed in base_runs()}
+    models = {s.run_dir.name: ship(SHIPPED, s.run_dir, *runs[s.name]) for s in base if s.name in runs}
+    write_json(SHIPPED / 'manifest.json', {'models': models})
+    print(f'{SHIPPED / "manifest.json"}: {len(models)} base models; commit checkpoints/demo/ to ship them')
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--fresh', action='store_true', help='run every stage again, ignoring stamps')
+    base = parser.add_mutually_exclusive_group()
+    base.add_argument('--fresh-base', action='store_true',
+                      help=f'train the base models in this run instead of installing those of {SHIPPED}/')
+    base.add_argument('--build-base', action='store_true',
+                      help=f'train the base models and write them (with sha256, YAML, logs) to {SHIPPED}/, then stop')
     parser.add_argument('--jobs', type=int, default=2, help='stages run at once, one CPU thread each (default 2)')
     args = parser.parse_args()
     os.chdir(ROOT)
+    if args.build_base:
+        build_base(args.jobs, args.fresh)
+        return
     start = time.time()
-    seconds = Runner(build_stages(), args.jobs, args.fresh).run()
+    shipped = {} if args.fresh_base else read_manifest()
+    seconds = Runner(build_stages(shipped), args.jobs, args.fresh).run()
     seconds['total (wall)'] = time.time() - start
     headline = write_report(seconds)
     print(f'\n{headline}\nFull report: {OUT / "REPORT.md"}')

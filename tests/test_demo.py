@@ -1,0 +1,123 @@
+"""tools/demo.py without running it: the stage graph (both forgotten types, reference and method seeds) and the
+shipped base checkpoints (install, sha256 and options checks)."""
+import importlib.util
+import json
+import shutil
+import sys
+
+import pytest
+
+from basicsr_unlearn.config import apply_force_yml, load_options
+from tests.helpers import ROOT, run_tool
+
+
+@pytest.fixture(scope='module')
+def demo():
+    spec = importlib.util.spec_from_file_location('demo_tool', ROOT / 'tools' / 'demo.py')
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault('demo_tool', module)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def stages(demo):
+    return demo.build_stages()
+
+
+def force_yml(stage) -> list[str]:
+    return stage.cmd[stage.cmd.index('--force_yml') + 1:] if '--force_yml' in stage.cmd else []
+
+
+def test_stage_graph_has_both_types_two_reference_seeds_and_three_seeds_per_method(demo, stages):
+    by_name = {s.name: s for s in stages}
+    assert len(by_name) == len(stages)
+    seen = set()
+    for stage in stages:  # start order respects the dependencies
+        assert set(stage.needs) <= seen, stage.name
+        seen.add(stage.name)
+    assert {'original', 'retrain_wo_haze', 'retrain_wo_haze_seed1', 'retrain_wo_rain', 'retrain_wo_rain_seed1'} <= seen
+    for forget in ('haze', 'rain'):
+        for stems in demo.UNLEARN_METHODS.values():
+            for stem in stems:
+                runs = {by_name[f'unlearn_{forget}_{stem}_s{seed}'].run_dir for seed in (0, 1, 2)}
+                assert len(runs) == 3, (forget, stem)
+                for seed in (0, 1, 2):
+                    stage = by_name[f'unlearn_{forget}_{stem}_s{seed}']
+                    opt = apply_force_yml(demo.merged_options(stage.options[0]), force_yml(stage))
+                    assert opt['datasets']['train']['forget'] == [forget]
+                    assert opt['manual_seed'] == opt['datasets']['train']['seed'] == seed
+                    assert opt['name'] == stage.run_dir.name
+                    adapted = opt['path'].get('pretrain_network_adapted')
+                    if adapted:  # the later stage reads stage 1 of its own seed
+                        assert adapted == str(by_name[f'unlearn_{forget}_adapt-stage1_s{seed}'].outputs[0])
+        oracle = by_name[f'unlearn_{forget}_ga-adv-oracle_s0']
+        assert f'retrain_wo_{forget}' in oracle.needs
+        report = by_name[f'unlearn_report_{forget}']
+        cmd = report.cmd
+        assert cmd[cmd.index('--forget') + 1] == forget
+        references = [cmd[i + 1] for i, a in enumerate(cmd) if a == '--reference']
+        assert references == [str(by_name[f'retrain_wo_{forget}{s}'].run_dir) for s in ('', '_seed1')]
+        methods = dict(cmd[i + 1].split('=', 1) for i, a in enumerate(cmd) if a == '--method')
+        assert set(methods) == set(demo.UNLEARN_METHODS)
+        assert all(len(set(runs.split(','))) == 3 for runs in methods.values())
+        assert methods['task_vector'].split(',')[2] == '+'.join(
+            str(by_name[f'unlearn_{forget}_{stem}_s2'].run_dir) for stem in ('adapt-stage1', 'task-vector'))
+        assert set(report.needs) >= {f'unlearn_{forget}_{stem}_s2' for stem in ('ga-adv', 'salun')}
+
+
+def test_reference_seed_trains_another_run(stages):
+    stage = {s.name: s for s in stages}['retrain_wo_rain_seed1']
+    opt = apply_force_yml(load_options(str(stage.options[0])), force_yml(stage))
+    assert opt['name'] == 'train_promptir-tiny_demo3-wo-rain_l1_2kit_seed1' == stage.run_dir.name
+    assert opt['manual_seed'] == 1 and [s['degradation'] for s in opt['datasets']['train']['sources']] == [
+        'noise15', 'noise25', 'noise50', 'haze']
+
+
+def ship_original(demo, tmp_path, monkeypatch):
+    """A fake trained original under ``tmp_path/experiments`` shipped to ``tmp_path/ship``; returns the manifest."""
+    monkeypatch.chdir(tmp_path)
+    name, option_file, seed = demo.base_runs()[0]
+    run_dir = tmp_path / 'experiments' / load_options(str(option_file))['name']
+    (run_dir / 'models').mkdir(parents=True)
+    (run_dir / 'models' / 'net_g_latest.pth').write_bytes(b'weights')
+    (run_dir / 'train_log.json').write_text(json.dumps({'wall_time_s': 3.0}))
+    (run_dir / f'train_{run_dir.name}_20260101_000000.log').write_text('log')
+    return {run_dir.name: demo.ship(tmp_path / 'ship', run_dir, option_file, seed)}
+
+
+def test_shipped_checkpoint_is_installed_after_its_checks(demo, tmp_path, monkeypatch):
+    assert demo.read_manifest(tmp_path) == {}
+    models = ship_original(demo, tmp_path, monkeypatch)
+    (entry,) = models.values()
+    assert entry['option'] == 'options/train/train_promptir-tiny_demo3_l1_2kit.yml' and len(entry['sha256']) == 64
+    stages = {s.name: s for s in demo.base_stages(models, tmp_path / 'ship')}
+    original = stages['original']
+    assert original.action is not None and original.stamp == entry['sha256'] and original.cmd == []
+    assert stages['retrain_wo_haze'].action is None  # not shipped: trained
+    run_dir = original.run_dir
+    shutil.rmtree(tmp_path / run_dir)
+    original.action()
+    assert (tmp_path / original.outputs[0]).read_bytes() == b'weights'
+    assert json.loads((tmp_path / run_dir / 'train_log.json').read_text()) == {'wall_time_s': 3.0}
+
+
+def test_a_shipped_checkpoint_that_does_not_match_is_an_error(demo, tmp_path, monkeypatch):
+    models = ship_original(demo, tmp_path, monkeypatch)
+    (entry,) = models.values()
+    (tmp_path / 'ship' / entry['file']).write_bytes(b'other weights')
+    with pytest.raises(SystemExit, match=r'\.pth: sha256 [0-9a-f]{64} does not match .*manifest\.json.*--build-base'):
+        demo.base_stages(models, tmp_path / 'ship')
+    (tmp_path / 'ship' / entry['file']).write_bytes(b'weights')
+    entry['options_sha1'] = '0' * 40
+    with pytest.raises(SystemExit, match=r'trained from other options than options/train/train_promptir-tiny_demo3_l1'):
+        demo.base_stages(models, tmp_path / 'ship')
+    (tmp_path / 'ship' / entry['file']).unlink()
+    with pytest.raises(SystemExit, match=r'\.pth: listed in .*manifest\.json.* but missing'):
+        demo.base_stages(models, tmp_path / 'ship')
+
+
+def test_help_lists_the_base_model_options():
+    proc = run_tool('demo.py', ['--help'], cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '--fresh-base' in proc.stdout and '--build-base' in proc.stdout
