@@ -283,6 +283,7 @@ def parse_options(root_path: str, is_train: bool = True) -> tuple[dict, argparse
 
     ``args.opt`` of the result points at a temporary copy of the merged YAML (same file name), which BasicSR's
     ``copy_opt_file`` saves into the experiment folder; ``args.source_opt`` is the YAML given on the command line.
+    Training options then get :func:`keep_original` (the network the run started from, kept for resumes).
     Rank 0 then holds the experiment (or results) folder's lock (:mod:`basicsr_unlearn.experiment_lock`) for the
     rest of the process: a second run of the same ``name`` is refused while this one lives.
     """
@@ -306,11 +307,40 @@ def parse_options(root_path: str, is_train: bool = True) -> tuple[dict, argparse
         opt, basicsr_args = basicsr_parse_options(root_path, is_train=is_train)
     finally:
         sys.argv = saved_argv
+    if is_train:
+        keep_original(opt)
     if opt['rank'] == 0:  # before BasicSR creates or archives the folder (make_exp_dirs, rank 0)
         experiment_lock.acquire(opt['path']['experiments_root' if is_train else 'results_root'])
     basicsr_args.source_opt = args.opt
     basicsr_args.cfg_options = args.cfg_options
     return opt, basicsr_args
+
+
+def keep_original(opt: dict) -> None:
+    """Record ``path.pretrain_network_g`` / ``param_key_g`` as ``path.original_pretrain_network_g`` /
+    ``original_param_key_g`` before BasicSR's ``check_resume`` points ``pretrain_network_g`` at
+    ``models/net_g_<iter>.pth`` (and ``params_ema`` at ``params``) on resume. Plugin-owned: a YAML may not set them;
+    the names are ones BasicSR neither rewrites on resume nor takes for folders (``make_exp_dirs``).
+
+    Example:
+        >>> opt = {'path': {'pretrain_network_g': 'orig.pth', 'param_key_g': 'params_ema'}}
+        >>> keep_original(opt)
+        >>> opt['path']['pretrain_network_g'] = 'models/net_g_3.pth'  # what check_resume does
+        >>> original_checkpoint(opt)
+        ('orig.pth', 'params_ema')
+    """
+    path = opt['path']
+    path.update(original_pretrain_network_g=path.get('pretrain_network_g'),
+                original_param_key_g=path.get('param_key_g', 'params'))
+
+
+def original_checkpoint(opt: dict) -> tuple[str | None, str | None]:
+    """``(checkpoint, param_key)`` of the network a training run started from, the same on resume: those kept by
+    :func:`keep_original`, else (options built in-process) ``path.pretrain_network_g`` / ``param_key_g``."""
+    path = opt['path']
+    if 'original_pretrain_network_g' in path:
+        return path['original_pretrain_network_g'], path['original_param_key_g']
+    return path.get('pretrain_network_g'), path.get('param_key_g', 'params')
 
 
 def save_options(opt_file: str, folder: str) -> str:
@@ -326,5 +356,5 @@ def save_options(opt_file: str, folder: str) -> str:
 
 
 __all__ = ['apply_force_yml', 'build_parser', 'check_choice', 'check_keys', 'check_list', 'check_number', 'check_yaml',
-           'dump_options', 'inprocess_options', 'load_options', 'parse_options', 'rewrite_local_rank', 'save_options',
-           'validate_options']
+           'dump_options', 'inprocess_options', 'keep_original', 'load_options', 'original_checkpoint', 'parse_options',
+           'rewrite_local_rank', 'save_options', 'validate_options']

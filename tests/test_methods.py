@@ -10,6 +10,7 @@ from test_unlearn_model import flat, grouped_batch, options
 
 from basicsr_unlearn.models.all_in_one_model import AllInOneModel
 from basicsr_unlearn.models.unlearn_model import UnlearnModel
+from basicsr_unlearn.precision import Precision
 from basicsr_unlearn.unlearning.method import METHOD_REGISTRY, Step
 
 NAMES = sorted(METHOD_REGISTRY.keys())
@@ -117,3 +118,53 @@ def test_method_steps_on_batches_missing_a_role(name: str, tmp_path: Path, check
         assert not model.stopped, model.stop_reason
         assert all(torch.isfinite(torch.tensor(v)) for v in model.log_dict.values()), model.log_dict
     assert all(torch.isfinite(v).all() for v in model.net_g.state_dict().values())
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_method_resumed_steps_as_the_run_it_resumes(name: str, tmp_path: Path, checkpoints: tuple[str, str]) -> None:
+    """Saved after 2 steps and resumed as the launcher resumes (``net_g`` from ``net_g_2.pth``, the original kept in
+    ``path.original_pretrain_network_g``), the next step gives the same weights and method state as the run that
+    went on: same original, what the method computed once restored (not recomputed, ``setup`` not run again)."""
+    original, adapted = checkpoints
+    model = build(name, tmp_path, checkpoints)
+    for it in (1, 2):
+        torch.manual_seed(it)
+        model.feed_data(grouped_batch(it))
+        model.optimize_parameters(it)
+    model.save(0, 2)
+    train = {'method': {'type': name}, 'optim_g': {'type': 'Adam', 'lr': 1e-4}}
+    opt = options(tmp_path, train, str(tmp_path / 'models' / 'net_g_2.pth'), pretrain_network_adapted=adapted,
+                  resume_state=str(tmp_path / 'states' / '2.state'), original_pretrain_network_g=original,
+                  original_param_key_g='params')
+    resumed = UnlearnModel(opt)
+    resumed.resume_training(torch.load(tmp_path / 'states' / '2.state', weights_only=True))
+    for m in (model, resumed):
+        torch.manual_seed(3)
+        m.feed_data(grouped_batch(3))
+        m.optimize_parameters(3)
+    assert all(torch.equal(v, resumed.net_g.state_dict()[k]) for k, v in model.net_g.state_dict().items())
+    state, again = model.method.state_dict(), resumed.method.state_dict()
+    assert state.keys() == again.keys()
+    for key, value in state.items():
+        assert (torch.equal(torch.cat([t.flatten() for t in value]), torch.cat([t.flatten() for t in again[key]]))
+                if isinstance(value, list) else value == again[key]), (name, key)
+
+
+@pytest.mark.parametrize('dtype', ['bf16', 'fp16'])
+@pytest.mark.parametrize('name', NAMES)
+def test_method_steps_under_mixed_precision(name: str, dtype: str, tmp_path: Path,
+                                            checkpoints: tuple[str, str]) -> None:
+    """The model's step under autocast (and fp16's grad scaler), exercised on the CPU by giving the model a CPU
+    :class:`Precision` (``train.amp`` itself is ignored there): finite losses and weights, the weights move."""
+    model = build(name, tmp_path, checkpoints)
+    model.precision = Precision(dtype, channels_last=True, device_type='cpu')
+    start = {k: v.clone() for k, v in model.net_g.state_dict().items()}
+    for it in (1, 2):
+        torch.manual_seed(it)
+        model.feed_data(grouped_batch(it))
+        model.optimize_parameters(it)
+        assert not model.stopped, model.stop_reason
+    assert all(torch.isfinite(torch.tensor(v)) for v in model.log_dict.values()), model.log_dict
+    after = model.net_g.state_dict()
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert (name == 'TaskVector') != any(not torch.equal(v, after[k]) for k, v in start.items())

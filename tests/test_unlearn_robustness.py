@@ -1,15 +1,28 @@
 """UnlearnModel on awkward batches and set-ups: batches missing a role (in one process and across 2 DDP ranks: no
 deadlock, ranks stay identical), EMA weights restored by the guard and the rewind, a stopped run resumed stays
-stopped."""
+stopped, a resumed run keeps the original network and the method's state, ``train.amp`` ignored on the CPU."""
 import json
 import subprocess
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from basicsr.archs import build_network
-from helpers import ROOT, TINY_EDSR, TORCHRUN, free_port, run_tool, tiny_workspace, tool_env, write_yaml
+from helpers import (
+    CONSTANT_SCHEDULE,
+    LAUNCHER_LOADER,
+    PYTHON,
+    ROOT,
+    TINY_EDSR,
+    TORCHRUN,
+    free_port,
+    run_tool,
+    tiny_workspace,
+    tool_env,
+    write_yaml,
+)
 from test_unlearn_model import (  # noqa: F401  (the module fixture)
     GA_ADV,
     grouped_batch,
@@ -165,8 +178,9 @@ def test_a_stopped_run_resumed_stays_stopped(tmp_path: Path) -> None:
 
 
 def test_resumed_run_keeps_the_guard_and_rewind_state(tmp_path: Path, pretrained: str) -> None:  # noqa: F811
-    """Resumed from ``3.state``, the run still rewinds to the best round of before the resume (iter 1), not to
-    the weights it resumed with, and the guard keeps its good weights and first retain-side value."""
+    """Resumed from ``3.state`` (as the launcher resumes: the original kept in ``path.original_pretrain_network_g``),
+    the run still rewinds to the best round of before the resume (iter 1), not to the weights it resumed with, the
+    stop's original baseline is the original's, and the guard keeps its good weights and first retain-side value."""
     stop = {'type': 'InputLevelStop', 'de_name': 'haze', 'margin': -60.0, 'retain_delta': 0.0}
     train = {'method': {'type': 'GradientAscent', 'tau': 1.0}, 'optim_g': {'type': 'Adam', 'lr': 1e-2},
              'stop': stop, 'guard': {'explode_ratio': 1e6}}
@@ -178,11 +192,119 @@ def test_resumed_run_keeps_the_guard_and_rewind_state(tmp_path: Path, pretrained
     good = model.hooks[0].good
     assert good is not None
 
-    resumed = UnlearnModel(options(tmp_path, train, str(tmp_path / 'models' / 'net_g_3.pth')))
-    resumed.resume_training(torch.load(tmp_path / 'states' / '3.state', weights_only=True))
+    state = tmp_path / 'states' / '3.state'
+    resumed = UnlearnModel(options(tmp_path, train, str(tmp_path / 'models' / 'net_g_3.pth'), resume_state=str(state),
+                                   original_pretrain_network_g=pretrained, original_param_key_g='params'))
+    resumed.resume_training(torch.load(state, weights_only=True))
     assert resumed.hooks[0].good is not None and same(resumed.hooks[0].good['net_g'], good['net_g'])
     run(resumed, 8, first=4)
     validate(resumed, 11)
     run(resumed, 1, first=12)
     assert resumed.stopped and 'rewound to iter 1' in resumed.stop_reason, resumed.stop_reason
     assert same(weights(resumed), at_round)
+    assert model.hooks[1].original and resumed.hooks[1].original == model.hooks[1].original
+
+
+RESUME_SPY = textwrap.dedent("""
+    import sys
+    import basicsr_unlearn  # noqa: F401  (before anything of basicsr)
+    import torch
+    from basicsr_unlearn.launchers.train import main
+    from basicsr_unlearn.models.unlearn_model import UnlearnModel
+
+    resume_training, out = UnlearnModel.resume_training, sys.argv.pop(1)
+
+    def spy(self, resume_state):
+        resume_training(self, resume_state)
+        original = self.nets.original
+        torch.save({'original': None if original is None else original.state_dict(),
+                    'method': self.method.state_dict()}, out)
+
+    UnlearnModel.resume_training = spy
+    main()
+""")
+
+
+def unlearn_yaml(cwd: Path, name: str, checkpoint: Path, total_iter: int, **train) -> str:
+    """Tiny EDSR unlearning haze from the demo set (``cwd`` = ``demo_root.parents[1]``), starting from
+    ``checkpoint``'s ``params_ema``; a checkpoint every 3 iterations."""
+    base = ROOT / 'options' / '_base_'
+    opt = {'_base_': [str(base / 'runtime.yml'), str(base / 'unlearn' / 'demo3_forget-haze.yml')],
+           'name': name, 'model_type': 'UnlearnModel', 'network_g': TINY_EDSR,
+           'path': {'pretrain_network_g': str(checkpoint), 'param_key_g': 'params_ema'},
+           'datasets': {'train': {**LAUNCHER_LOADER, 'batch_size_per_gpu': 1}},
+           'train': {**CONSTANT_SCHEDULE, 'total_iter': total_iter, **train},
+           'val': {'val_freq': 1000}, 'logger': {'print_freq': 1, 'save_checkpoint_freq': 3}}
+    return write_yaml(cwd / f'{name}.yml', opt)
+
+
+def two_nets(path: Path) -> dict[str, torch.Tensor]:
+    """Save a checkpoint whose ``params`` and ``params_ema`` differ; returns its ``params_ema``."""
+    torch.manual_seed(0)
+    params, ema_params = (build_network(dict(TINY_EDSR)).state_dict() for _ in range(2))
+    torch.save({'params': params, 'params_ema': ema_params}, path)
+    return ema_params
+
+
+@pytest.mark.parametrize('method', [{'type': 'Scrub'}, {'type': 'SalUn', 'sparsity': 0.3}])
+def test_a_resumed_run_keeps_the_original_and_the_method_state(tmp_path: Path, demo_root: Path, method: dict) -> None:
+    """tools/train.py: 3 iterations (a checkpoint at 3), then ``--auto_resume`` to 6. The resumed run's frozen
+    original is bit-identical to the pretrained checkpoint's ``params_ema`` (BasicSR points ``pretrain_network_g`` at
+    ``net_g_3.pth`` and ``param_key_g`` at ``params``), and SalUn's masks are those of the first start."""
+    cwd = demo_root.parents[1]
+    name = f"resume_{method['type']}"
+    original = two_nets(tmp_path / 'original.pth')
+    option_file = unlearn_yaml(cwd, name, tmp_path / 'original.pth', 3, method=method)
+    first = run_tool('train.py', ['-opt', option_file], cwd)
+    assert first.returncode == 0, first.stderr[-3000:]
+    states = cwd / 'experiments' / name / 'training_states'
+    resumed_with = torch.load(cwd / 'experiments' / name / 'models' / 'net_g_3.pth', weights_only=True)['params']
+    assert any(not torch.equal(resumed_with[k], v) for k, v in original.items())
+
+    (tmp_path / 'spy.py').write_text(RESUME_SPY)
+    spy = tmp_path / 'spy.pth'
+    args = [str(spy), '-opt', option_file, '--auto_resume', '--cfg-options', 'train.total_iter=6']
+    resumed = subprocess.run([PYTHON, str(tmp_path / 'spy.py'), *args], cwd=cwd, capture_output=True, text=True,
+                             timeout=300, env=tool_env(PYTHONPATH=str(ROOT)))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'iter: 3.' in resumed.stdout + resumed.stderr and (states / '6.state').is_file()
+    seen = torch.load(spy, weights_only=True)
+    saved = [torch.load(states / f'{it}.hooks', weights_only=True)['method'] for it in (3, 6)]
+    if method['type'] == 'Scrub':
+        assert seen['original'].keys() == original.keys()
+        assert all(torch.equal(seen['original'][k], v) for k, v in original.items())
+        assert seen['method'] == saved[0] == saved[1] == {}
+    else:
+        masks = saved[0]['masks']
+        assert seen['original'] is None and masks is not None
+        for other in (seen['method']['masks'], saved[1]['masks']):
+            assert len(other) == len(masks) and all(torch.equal(a, b) for a, b in zip(other, masks, strict=True))
+
+
+def test_the_original_path_is_the_plugin_s(tmp_path: Path, demo_root: Path) -> None:
+    """``path.original_pretrain_network_g`` in a YAML is refused before any folder is created (the launcher sets
+    it)."""
+    cwd = demo_root.parents[1]
+    two_nets(tmp_path / 'original.pth')
+    option_file = unlearn_yaml(cwd, 'own_original', tmp_path / 'original.pth', 3, method={'type': 'Scrub'})
+    args = ['--cfg-options', f'path.original_pretrain_network_g={tmp_path / "original.pth"}']
+    proc = run_tool('train.py', ['-opt', option_file, *args], cwd)
+    assert proc.returncode != 0 and "unknown key 'original_pretrain_network_g'" in proc.stderr, proc.stderr[-2000:]
+    assert not (cwd / 'experiments' / 'own_original').exists()
+
+
+def test_amp_is_ignored_on_the_cpu_with_the_same_weights(tmp_path: Path, demo_root: Path) -> None:
+    """tools/train.py on the CPU: GaAdv with ``train.amp: {dtype: fp16}`` and ``channels_last`` logs that they are
+    ignored and ends with the weights of the same run without them."""
+    cwd = demo_root.parents[1]
+    two_nets(tmp_path / 'original.pth')
+    latest = {}
+    for name, extra in (('fp32', {}), ('amp', {'amp': {'dtype': 'fp16'}, 'channels_last': True})):
+        option_file = unlearn_yaml(cwd, f'unlearn_{name}', tmp_path / 'original.pth', 3,
+                                   method={'type': 'GaAdv', 'eps': 0.008}, **extra)
+        proc = run_tool('train.py', ['-opt', option_file], cwd)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert ('train.amp / train.channels_last: ignored on the cpu' in proc.stderr) == bool(extra)
+        path = cwd / 'experiments' / f'unlearn_{name}' / 'models' / 'net_g_latest.pth'
+        latest[name] = torch.load(path, weights_only=True)['params']
+    assert all(torch.equal(v, latest['fp32'][k]) for k, v in latest['amp'].items())

@@ -138,17 +138,20 @@ class DistillModel(AllInOneModel):
                         for t in self.attack.teacher_modules.values()]
 
     def optimize_parameters(self, current_iter: int) -> None:
-        """One step of the attack's losses on ``self.lq`` (``self.gt`` is not used)."""
+        """One step of the attack's losses on ``self.lq`` (``self.gt`` is not used): the student's forward and the
+        losses under ``self.precision`` (autocast; scaled backward and step with fp16), the teacher's targets (through
+        the defence) in full precision."""
         t_out, t_feats = self.teacher_targets(self.lq)
         self.optimizer_g.zero_grad()
         self.student_taps.clear()
-        self.output = self.net_g(self.lq)
-        s_feats = [self.student_taps[s] for s in self.attack.student_modules.values()]
-        loss_dict = self.attack_loss(self.lq, self.output, t_out, s_feats, t_feats)
-        l_total = sum(loss_dict.values(), self.output.new_zeros(()))
+        with self.precision.autocast():
+            self.output = self.net_g(self.lq)
+            s_feats = [self.student_taps[s] for s in self.attack.student_modules.values()]
+            loss_dict = self.attack_loss(self.lq, self.output, t_out, s_feats, t_feats)
+            l_total = sum(loss_dict.values(), self.output.new_zeros(()))
         loss_dict['l_total'] = l_total
-        l_total.backward()
-        self.optimizer_g.step()
+        self.precision.backward(l_total, self.optimizer_g)
+        self.precision.step(self.optimizer_g)
         self.log_dict = self.reduce_loss_dict(loss_dict)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)

@@ -15,6 +15,12 @@ term comes from ONE forward of ``net_g`` on the batch plus the method's extra in
   or ``{type: OracleStop, reference: <retrained checkpoint>}`` (labelled "oracle stop").
 - ``guard``: ``{explode_ratio}`` of the :class:`~basicsr_unlearn.unlearning.guard.DivergenceGuard` (always on for
   non-finite losses).
+- ``amp``, ``channels_last``: mixed precision of the step (:mod:`basicsr_unlearn.precision`; CUDA only).
+
+On resume (``--auto_resume``, ``path.resume_state``) BasicSR loads ``net_g`` from ``models/net_g_<iter>.pth``; the
+frozen original and the stops' baselines still come from the checkpoint the run started from
+(:func:`~basicsr_unlearn.config.original_checkpoint`), and the method gets back what it computed once (its
+``state_dict``, saved in ``training_states/<iter>.hooks``) instead of running ``setup`` again.
 """
 import copy
 
@@ -23,9 +29,10 @@ from basicsr.archs import build_network
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch import nn
 
-from basicsr_unlearn.config import check_keys
+from basicsr_unlearn.config import check_keys, original_checkpoint
 from basicsr_unlearn.data.degradation_names import DEGRADATIONS
 from basicsr_unlearn.models.all_in_one_model import AllInOneModel
+from basicsr_unlearn.precision import PRECISION_KEYS
 from basicsr_unlearn.unlearning import methods  # noqa: F401  (registration)
 from basicsr_unlearn.unlearning.guard import DivergenceGuard
 from basicsr_unlearn.unlearning.hooks import HookedTraining, all_finite, mean_over_ranks, names_over_ranks
@@ -33,7 +40,8 @@ from basicsr_unlearn.unlearning.method import METHOD_REGISTRY, Nets, Step
 from basicsr_unlearn.unlearning.params import build, construct
 from basicsr_unlearn.unlearning.stops import STOP_REGISTRY
 
-TRAIN_KEYS = ('optim_g', 'scheduler', 'total_iter', 'warmup_iter', 'ema_decay', 'method', 'stop', 'guard')
+TRAIN_KEYS = ('optim_g', 'scheduler', 'total_iter', 'warmup_iter', 'ema_decay', 'method', 'stop', 'guard',
+              *PRECISION_KEYS)
 
 
 @MODEL_REGISTRY.register()
@@ -73,7 +81,8 @@ class UnlearnModel(HookedTraining, AllInOneModel):
                                  f'samples in every batch; expected >= 1')
 
     def init_training_settings(self) -> None:
-        """Build the method and what it needs, the guard and the stop hooks, then BasicSR's optimiser/scheduler."""
+        """Build the method and what it needs, the guard and the stop hooks, then BasicSR's optimiser/scheduler; the
+        method's ``setup`` runs at the first start only (a resumed run gets its state in :meth:`load_hooks_state`)."""
         train = self.opt['train']
         self.log_dict = {}
         self.forget_names: set[str] = set()
@@ -83,12 +92,13 @@ class UnlearnModel(HookedTraining, AllInOneModel):
                              'weights; refusing to unlearn from them')
         self.method = build(METHOD_REGISTRY, train['method'], 'train.method')
         needs = self.method.needs
-        self.nets = Nets(net=bare, original=self._frozen(copy.deepcopy(bare)) if needs.original else None,
+        self.nets = Nets(net=bare, original=self._load_original() if needs.original else None,
                          adapted=self._load_adapted() if needs.adapted else None)
         self.hooks = [construct(DivergenceGuard, train.get('guard') or {}, 'train.guard')]
         if train.get('stop') is not None:
             self.hooks.append(build(STOP_REGISTRY, train['stop'], 'train.stop'))
-        self.method.setup(self.nets)
+        if not self.opt['path'].get('resume_state'):
+            self.method.setup(self.nets)
         super().init_training_settings()  # AllInOneModel/SRModel: EMA, pixel loss (unused here), optimizer, scheduler
 
     @staticmethod
@@ -97,6 +107,29 @@ class UnlearnModel(HookedTraining, AllInOneModel):
         for p in net.parameters():
             p.requires_grad_(False)
         return net
+
+    def _load_original(self) -> nn.Module:
+        """A frozen copy of ``net_g`` holding the checkpoint the run started from (also on resume)."""
+        net = copy.deepcopy(self.get_bare_model(self.net_g))
+        checkpoint, param_key = original_checkpoint(self.opt)
+        self.load_network(net, checkpoint, self.opt['path'].get('strict_load_g', True), param_key)
+        return self._frozen(net)
+
+    def hooks_state(self) -> dict:
+        """The hooks' states and, under ``'method'``, the method's :meth:`~UnlearnMethod.state_dict`."""
+        return {**super().hooks_state(), 'method': self.method.state_dict()}
+
+    def load_hooks_state(self, current_iter: int) -> dict:
+        """As HookedTraining's, then the method's saved state (raises when a method with state has none saved,
+        e.g. a ``<iter>.hooks`` written before methods kept theirs)."""
+        states = super().load_hooks_state(current_iter)
+        if 'method' in states:
+            self.method.load_state_dict(states['method'], self.nets)
+        elif self.method.state_dict():
+            raise ValueError(f"{self.hooks_state_path(current_iter)}: no state of train.method "
+                             f"{self.opt['train']['method']['type']} (what it computed at the first start); this "
+                             'run cannot be resumed as it started: start it again')
+        return states
 
     def _load_adapted(self) -> nn.Module:
         adapted = build_network(self.opt['network_g']).to(self.device)
@@ -120,28 +153,33 @@ class UnlearnModel(HookedTraining, AllInOneModel):
     def optimize_parameters(self, current_iter: int) -> None:
         """One step: the method's extra inputs, one forward, its loss terms, the hooks' veto, backward, update.
 
-        Every rank reaches the same collectives: a rank whose batch gives no term (while another's does) backpropagates
-        a zero loss, so DDP's gradient all-reduce still runs on all of them; the step is skipped only when no rank has
-        a term (e.g. TaskVector). Each logged term is averaged over the ranks that have it.
+        The forward and the losses run under ``self.precision`` (autocast; scaled backward and step with fp16, the
+        gradients unscaled before the method's ``after_backward``); the extra inputs (PGD, SalUn masks, Fisher) are
+        computed outside it, in full precision. Every rank reaches the same collectives: a rank whose batch gives no
+        term (while another's does) backpropagates a zero loss, so DDP's gradient all-reduce still runs on all of
+        them; the step is skipped only when no rank has a term (e.g. TaskVector). Each logged term is averaged over
+        the ranks that have it.
         """
         if self.stopped:
             return
         extra = self.method.extra_inputs(self.lq, self.gt, self.forget_mask, self.nets)
         self.optimizer_g.zero_grad()
         n = self.lq.shape[0]
-        out = self.net_g(self.lq if extra is None else torch.cat([self.lq, extra]))
-        self.output = out[:n]
-        terms = self.method.losses(Step(self.lq, self.gt, self.forget_mask, out[:n], self.nets,
-                                        None if extra is None else out[n:]))
+        inputs = self.lq if extra is None else self.precision.to_memory_format(torch.cat([self.lq, extra]))
+        with self.precision.autocast():
+            out = self.net_g(inputs)
+            self.output = out[:n]
+            terms = self.method.losses(Step(self.lq, self.gt, self.forget_mask, out[:n], self.nets,
+                                            None if extra is None else out[n:]))
         names = names_over_ranks(list(terms))
         if not names:
             return
         l_total = sum(terms.values()) if terms else 0.0 * out.sum()
         if not self.allow_update(terms, l_total):
             return
-        l_total.backward()
+        self.precision.backward(l_total, self.optimizer_g)
         self.method.after_backward(self.nets)
-        self.optimizer_g.step()
+        self.precision.step(self.optimizer_g)
         self.log_dict = mean_over_ranks({**terms, 'l_total': l_total}, [*names, 'l_total'], self.device)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)

@@ -195,25 +195,33 @@ class HookedTraining:
         """``training_states/<iter>.hooks``: the hooks' state beside ``<iter>.state``."""
         return osp.join(self.opt['path']['training_states'], f'{current_iter}.hooks')
 
+    def hooks_state(self) -> dict:
+        """What ``<iter>.hooks`` holds: each hook's :meth:`~TrainingHook.state_dict` under its class name
+        (subclasses may add entries under lower-case names)."""
+        return {type(hook).__name__: hook.state_dict() for hook in self.hooks}
+
     @master_only
     def save_training_state(self, epoch: int, current_iter: int) -> None:
-        """Each hook's :meth:`~TrainingHook.state_dict` in ``training_states/<iter>.hooks`` (written first: a whole
-        ``<iter>.state`` implies its hooks' file), then the model's training state."""
-        if current_iter != -1 and self.hooks:
+        """:meth:`hooks_state` in ``training_states/<iter>.hooks`` (written first: a whole ``<iter>.state`` implies
+        its hooks' file), then the model's training state."""
+        state = self.hooks_state() if current_iter != -1 else {}
+        if state:
             with atomic_path(self.hooks_state_path(current_iter)) as tmp:
-                torch.save({type(hook).__name__: hook.state_dict() for hook in self.hooks}, tmp)
+                torch.save(state, tmp)
         super().save_training_state(epoch, current_iter)
 
-    def load_hooks_state(self, current_iter: int) -> None:
-        """Run ``before_train`` on the resumed weights, then give each hook its saved state (if saved)."""
+    def load_hooks_state(self, current_iter: int) -> dict:
+        """Run ``before_train`` on the resumed weights, then give each hook its saved state (if saved); returns
+        the whole saved :meth:`hooks_state` (tensors on the CPU; ``{}`` without a file)."""
         self._start()
         path = self.hooks_state_path(current_iter)
         if not osp.isfile(path):
-            return
+            return {}
         states = torch.load(path, map_location='cpu', weights_only=True)
         for hook in self.hooks:
             if type(hook).__name__ in states:
                 hook.load_state_dict(states[type(hook).__name__])
+        return states
 
     def allow_update(self, terms: dict[str, torch.Tensor], total: torch.Tensor) -> bool:
         """False (and training stopped) when a hook vetoes this update."""

@@ -4,7 +4,10 @@ A method is a class in :data:`METHOD_REGISTRY` (chosen in YAML as ``train.method
 ``__init__`` parameters, with type hints, are the schema). It declares in :attr:`UnlearnMethod.needs` what the model
 must build for it, and computes its loss terms from ONE shared forward of ``net_g`` per step (DDP-safe):
 
-1. :meth:`~UnlearnMethod.setup` once, after the model built what was declared (e.g. apply a task vector);
+1. :meth:`~UnlearnMethod.setup` once at the first start, after the model built what was declared (e.g. apply a
+   task vector); what the method computes once (SalUn masks, a Fisher, a normaliser) is its
+   :meth:`~UnlearnMethod.state_dict`, saved with each training state and given back by
+   :meth:`~UnlearnMethod.load_state_dict` on resume instead of ``setup``;
 2. each step, :meth:`~UnlearnMethod.extra_inputs` (inputs appended to the shared forward, e.g. PGD copies), then
    the forward, then :meth:`~UnlearnMethod.losses` -> ``{'l_<name>': scalar}`` (summed and minimised; terms named
    ``l_retain``, ``l_adv``, ``l_distill`` are the retain side the divergence guard watches), then
@@ -34,7 +37,8 @@ class Needs:
     """What a method needs the model to build or the batches to hold.
 
     Attributes:
-        original: a frozen copy of the pretrained network (``Nets.original``).
+        original: a frozen copy of the pretrained network (``Nets.original``; on resume still the network the run
+            started from, not the resumed weights).
         adapted: the network adapted to the forget data, from ``path.pretrain_network_adapted`` (``Nets.adapted``).
         forget: forget samples in every batch (``datasets.train.forget`` and ``role_group.forget > 0``).
         retain: retain samples in every batch (``role_group.retain > 0``).
@@ -90,7 +94,15 @@ class UnlearnMethod:
     needs = Needs()
 
     def setup(self, nets: Nets) -> None:
-        """Once, before training (``nets.net`` holds the pretrained weights)."""
+        """Once, before training (``nets.net`` holds the pretrained weights); not called on resume."""
+
+    def state_dict(self) -> dict:
+        """What the method computed once and a resumed run must not recompute (``{}``: nothing)."""
+        return {}
+
+    def load_state_dict(self, state: dict, nets: Nets) -> None:
+        """On resume, instead of :meth:`setup`: restore :meth:`state_dict` (its tensors come on the CPU; move them
+        to ``nets.net``'s device)."""
 
     def extra_inputs(self, lq: torch.Tensor, gt: torch.Tensor, forget: torch.Tensor,
                      nets: Nets) -> torch.Tensor | None:

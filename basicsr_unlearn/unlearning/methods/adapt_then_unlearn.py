@@ -53,6 +53,15 @@ class AdaptStage1(UnlearnMethod):
             self.fisher = diagonal_fisher(nets.original, lq[forget], gt[forget])
         return None
 
+    def state_dict(self) -> dict:
+        """The Fisher (None before it is estimated, or uniform)."""
+        return {'fisher': self.fisher}
+
+    def load_state_dict(self, state: dict, nets: Nets) -> None:
+        fisher = state['fisher']
+        self.fisher = None if fisher is None else [f.to(p.device) for f, p in zip(fisher, nets.net.parameters(),
+                                                                                  strict=True)]
+
     def losses(self, step: Step) -> dict[str, torch.Tensor]:
         """``l_forget`` and ``l_anchor``."""
         anchor = self.anchor(list(step.nets.net.parameters()), list(step.nets.original.parameters()), self.fisher)
@@ -89,6 +98,13 @@ class AdaptThenUnlearn(UnlearnMethod):
         if not self.norm > 0:
             raise ValueError('path.pretrain_network_adapted: the adapted network equals the original; nothing to '
                              'repel')
+
+    def state_dict(self) -> dict:
+        """The normaliser (from ``theta_0``: a resumed run keeps it)."""
+        return {'norm': self.norm}
+
+    def load_state_dict(self, state: dict, nets: Nets) -> None:
+        self.norm = state['norm']
 
     def losses(self, step: Step) -> dict[str, torch.Tensor]:
         """``l_retain`` and ``l_repulsion``."""

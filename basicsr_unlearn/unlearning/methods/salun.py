@@ -53,8 +53,8 @@ class SalUn(UnlearnMethod):
     The mask keeps the ``sparsity`` share of weights whose gradient magnitude of the forget loss (L1 of the forget
     outputs against their clean targets) at ``theta_0`` is largest; it is computed once, before the first update, at
     the first step where any rank's batch holds forget samples (every rank takes part, with the forget samples it
-    has). Steps before that leave the weights unchanged. The other weights never move with a plain optimiser
-    (Adam/SGD without weight decay: a decay term moves them even at zero gradient).
+    has), and kept across resumes. Steps before that leave the weights unchanged. The other weights never move with a
+    plain optimiser (Adam/SGD without weight decay: a decay term moves them even at zero gradient).
 
     Args:
         sparsity: share of weights updated, in (0, 1] (SalUn's default: 0.5).
@@ -80,6 +80,15 @@ class SalUn(UnlearnMethod):
         if self.masks is None and any_rank_true(bool(forget.any()), lq.device):
             self.masks = saliency_masks(nets.net, lq[forget], gt[forget], self.sparsity)
         return None
+
+    def state_dict(self) -> dict:
+        """The masks (None before the first forget step)."""
+        return {'masks': self.masks}
+
+    def load_state_dict(self, state: dict, nets: Nets) -> None:
+        masks = state['masks']
+        self.masks = None if masks is None else [m.to(p.device) for m, p in zip(masks, nets.net.parameters(),
+                                                                                 strict=True)]
 
     def losses(self, step: Step) -> dict[str, torch.Tensor]:
         """``l_forget`` and ``l_retain`` of :class:`IdentityTarget`."""

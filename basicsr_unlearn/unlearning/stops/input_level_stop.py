@@ -4,6 +4,7 @@ every retained type stays within ``retain_delta`` of the ORIGINAL model; rewind 
 It uses only what a user has at deletion time: the original model (``path.pretrain_network_g``), held-out images
 of the forget type (val images the user set aside from their own forget set) and of the retained types.
 """
+from basicsr_unlearn.config import original_checkpoint
 from basicsr_unlearn.unlearning.hooks import restore_nets, snapshot_nets
 from basicsr_unlearn.unlearning.stops.criterion import STOP_REGISTRY, StopCriterion, load_frozen, mean_over
 
@@ -16,7 +17,7 @@ class InputLevelStop(StopCriterion):
       own PSNR on the same held-out images, i.e. the identity mapping's level (a restorer that never learned the
       degradation roughly passes it through);
     - **retained**: every other val type is ``>= original - retain_delta`` (the original's PSNR on the same val
-      images, evaluated once from ``path.pretrain_network_g``).
+      images, evaluated once from ``path.pretrain_network_g``, the one the run started from even on resume).
 
     If a retained type falls below ``original - retain_delta`` before that, stop and (``rewind: true``) restore the
     validated weights with the lowest forget PSNR among the rounds that kept every retained type (the weights at
@@ -72,9 +73,8 @@ class InputLevelStop(StopCriterion):
             self.input_level.update({n: p for n, p in level.items() if n in forget})
         if any(n not in forget for n in names):
             if self.net is None:
-                path = model.opt['path']
-                self.net = load_frozen(model, path['pretrain_network_g'], path.get('strict_load_g', True),
-                                       path.get('param_key_g', 'params'))
+                checkpoint, param_key = original_checkpoint(model.opt)
+                self.net = load_frozen(model, checkpoint, model.opt['path'].get('strict_load_g', True), param_key)
             original = self.baseline(model, dataloader, 'original', lambda lq: model.restore(lq, self.net))
             self.original.update({n: p for n, p in original.items() if n not in forget})
 
