@@ -152,6 +152,8 @@ def apply_force_yml(opt: dict, entries: list[str]) -> dict:
     Example:
         >>> apply_force_yml({'train': {'ema_decay': 0}}, ['train:ema_decay=0.999'])
         {'train': {'ema_decay': 0.999}}
+        >>> apply_force_yml({'data': {'sources': [{'repeat': 1}]}}, ['data:sources:0:repeat=3'])
+        {'data': {'sources': [{'repeat': 3}]}}
         >>> apply_force_yml({'train': {}}, ['trian:ema_decay=0.999'])
         Traceback (most recent call last):
         ValueError: --force_yml trian:ema_decay=0.999: no option block 'trian'; expected one of train
@@ -164,13 +166,21 @@ def apply_force_yml(opt: dict, entries: list[str]) -> dict:
         if not equals or not all(path):
             raise ValueError(f'--force_yml: expected key:subkey=value (e.g. train:ema_decay=0.999), got {entry!r}')
         block = opt
-        for depth, key in enumerate(path[:-1]):
-            if not isinstance(block.get(key), dict):
+        for depth, key in enumerate(path):
+            last = depth == len(path) - 1
+            if isinstance(block, list):  # an index into a list block, e.g. datasets:train:sources:0:repeat=2
+                if not (key.isdigit() and int(key) < len(block)):
+                    raise ValueError(f"--force_yml {entry}: '{':'.join(path[:depth])}' is a list of {len(block)}; "
+                                     f"expected an index 0..{len(block) - 1}, got '{key}'")
+                key = int(key)
+            elif not last and not isinstance(block.get(key), (dict, list)):
                 where = ':'.join(path[:depth + 1])
                 known = ', '.join(k for k, v in block.items() if isinstance(v, dict))
                 raise ValueError(f"--force_yml {entry}: no option block '{where}'; expected one of {known}")
-            block = block[key]
-        block[path[-1]] = _postprocess_yml_value(value.strip())
+            if last:
+                block[key] = _postprocess_yml_value(value.strip())
+            else:
+                block = block[key]
     return opt
 
 

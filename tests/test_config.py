@@ -5,7 +5,7 @@ import pytest
 import yaml
 from helpers import run_tool, tiny_train_options, tiny_workspace, write_yaml
 
-from basicsr_unlearn.config import check_keys, dump_options, load_options, validate_options
+from basicsr_unlearn.config import apply_force_yml, check_keys, dump_options, load_options, validate_options
 
 
 def test_check_keys_names_path_and_suggests() -> None:
@@ -82,3 +82,11 @@ def test_yaml_errors_name_the_file_and_line(tmp_path: Path) -> None:
     (tmp_path / 'exp.yml').write_text('- a\n- b\n')
     with pytest.raises(ValueError, match=r'exp\.yml: expected a mapping of options at the top level, got list'):
         load_options(str(tmp_path / 'exp.yml'))
+
+
+def test_force_yml_reaches_into_list_blocks_and_names_a_bad_index() -> None:
+    opt = {'datasets': {'train': {'sources': [{'repeat': 1}, {'repeat': 1}]}}}
+    assert apply_force_yml(opt, ['datasets:train:sources:1:repeat=3'])['datasets']['train']['sources'] == [
+        {'repeat': 1}, {'repeat': 3}]
+    with pytest.raises(ValueError, match=r"'datasets:train:sources' is a list of 2; expected an index 0\.\.1, got '2'"):
+        apply_force_yml(opt, ['datasets:train:sources:2:repeat=3'])

@@ -37,6 +37,13 @@ def nan_on_black(lq: torch.Tensor) -> torch.Tensor:
     return torch.where(black, torch.full_like(lq, float('nan')), lq)
 
 
+def key_error_on_black(lq: torch.Tensor) -> torch.Tensor:
+    """Identity, except an all-black input raises a KeyError (a failure other than a refusal)."""
+    if (lq.flatten(1).amax(1) == 0).any():
+        raise KeyError('prompt')
+    return lq
+
+
 WORKER = '''
 import json, sys
 from datetime import timedelta
@@ -46,7 +53,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import basicsr_unlearn  # noqa: F401
 from basicsr_unlearn.evaluation.metrics import evaluate
-from test_eval_distributed import Pairs, nan_on_black
+from test_eval_distributed import Pairs, key_error_on_black, nan_on_black
 
 dist.init_process_group('gloo', timeout=timedelta(seconds=30))  # a rank left waiting fails in 30 s, not never
 rank, out = dist.get_rank(), sys.argv[1]
@@ -59,6 +66,10 @@ try:
     evaluate(nan_on_black, DataLoader(Pairs(black=(3,)), batch_size=2), source='model broken')  # item 3: rank 1
 except Exception as err:
     record['error'] = [type(err).__name__, str(err)]
+try:
+    evaluate(key_error_on_black, DataLoader(Pairs(black=(3,)), batch_size=2))  # any other failure on rank 1
+except Exception as err:
+    record['other_error'] = [type(err).__name__, str(err)]
 with open(f'{out}/rank{rank}.json', 'w') as f:
     json.dump(record, f)
 dist.destroy_process_group()
@@ -113,3 +124,9 @@ def test_single_process_sampler_shard_names_line_up_with_images() -> None:
         want = single[got['name']]
         assert got['de_name'] == want['de_name'] and got['psnr'] == pytest.approx(want['psnr'], abs=1e-6)
 
+
+
+def test_any_other_failure_on_one_rank_reaches_every_rank(ranks: list[dict]) -> None:
+    """Rank 1 (which holds image 3) re-raises its KeyError; rank 0 raises at once instead of waiting in the gather."""
+    assert ranks[1]['other_error'] == ['KeyError', "'prompt'"]
+    assert ranks[0]['other_error'] == ['RuntimeError', "rank 1: KeyError: 'prompt'"]

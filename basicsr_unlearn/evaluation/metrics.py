@@ -221,7 +221,8 @@ def evaluate(restore: Callable[[torch.Tensor], torch.Tensor],
     Raises:
         ValueError: an output holds NaN or inf, or a metric gives NaN (naming ``source`` and the image's
             ``lq_path``), on every rank under a process group (the lowest failing rank's message). An infinite
-            PSNR (output equal to ``gt``) is kept.
+            PSNR (output equal to ``gt``) is kept. Any other failure on one rank is re-raised there and raised as
+            a ``RuntimeError`` naming that rank on the others, so no rank waits in the gather.
     """
     specs = metrics or default_metrics(y_channel, crop_border)
     source = source or getattr(restore, '__qualname__', 'restore')
@@ -233,13 +234,15 @@ def evaluate(restore: Callable[[torch.Tensor], torch.Tensor],
         for batch in loader:
             records += _score_batch(restore, batch, indices[len(records):], specs, source, default_group, save_dir,
                                     save_suffix)
-    except ValueError as err:  # a refusal: every rank must learn of it before anyone raises
+    except Exception as err:  # a refusal (or any failure): every rank must learn of it before anyone raises
         error = err
     if world_size > 1:
-        parts = all_gather_object((None if error is None else str(error), records))
-        failed = [r for r, (message, _) in enumerate(parts) if message is not None]
+        failure = None if error is None else (type(error).__name__, str(error))
+        parts = all_gather_object((failure, records))
+        failed = [r for r, (fail, _) in enumerate(parts) if fail is not None]
         if failed and failed[0] != rank:
-            raise ValueError(parts[failed[0]][0])
+            kind, message = parts[failed[0]][0]
+            raise ValueError(message) if kind == 'ValueError' else RuntimeError(f'rank {failed[0]}: {kind}: {message}')
         records = [r for _, part in parts for r in part]
     if error is not None:
         raise error
