@@ -19,7 +19,8 @@ test: $(VENV)/.installed
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests basicsr_unlearn --durations=15
 
 # make demo: base models from checkpoints/demo/ when shipped (sha256-checked), else trained; FRESH=1 trains them in
-# this run. Rebuild the shipped ones: $(PY) tools/demo.py --build-base
+# this run, even where an earlier run trained them, and reruns every stage after them. Rebuild the shipped ones:
+# $(PY) tools/demo.py --build-base
 demo: $(VENV)/.installed
 	$(PY) tools/demo.py $(if $(FRESH),--fresh-base)
 

@@ -1,8 +1,11 @@
-"""tools/demo.py without running it: the stage graph (both forgotten types, reference and method seeds) and the
-shipped base checkpoints (install, sha256 and options checks)."""
+"""tools/demo.py without running its stages: the stage graph (both forgotten types, reference and method seeds, `data`
+first also with shipped base models), the shipped base checkpoints (install, sha256 and options checks) and the
+Runner on small fake stages (reruns, killing running stages on an error)."""
 import importlib.util
 import json
+import os
 import shutil
+import signal
 import sys
 
 import pytest
@@ -74,21 +77,24 @@ def test_reference_seed_trains_another_run(stages):
         'noise15', 'noise25', 'noise50', 'haze']
 
 
-def ship_original(demo, tmp_path, monkeypatch):
-    """A fake trained original under ``tmp_path/experiments`` shipped to ``tmp_path/ship``; returns the manifest."""
+def ship_base(demo, tmp_path, monkeypatch, count=1):
+    """The first `count` base models, faked as trained under ``tmp_path/experiments``, shipped to ``tmp_path/ship``;
+    returns the manifest."""
     monkeypatch.chdir(tmp_path)
-    name, option_file, seed = demo.base_runs()[0]
-    run_dir = tmp_path / 'experiments' / load_options(str(option_file))['name']
-    (run_dir / 'models').mkdir(parents=True)
-    (run_dir / 'models' / 'net_g_latest.pth').write_bytes(b'weights')
-    (run_dir / 'train_log.json').write_text(json.dumps({'wall_time_s': 3.0}))
-    (run_dir / f'train_{run_dir.name}_20260101_000000.log').write_text('log')
-    return {run_dir.name: demo.ship(tmp_path / 'ship', run_dir, option_file, seed)}
+    models = {}
+    for _, option_file, seed in demo.base_runs()[:count]:
+        run_dir = tmp_path / 'experiments' / demo.seeded(load_options(str(option_file))['name'], seed)[0]
+        (run_dir / 'models').mkdir(parents=True)
+        (run_dir / 'models' / 'net_g_latest.pth').write_bytes(b'weights')
+        (run_dir / 'train_log.json').write_text(json.dumps({'wall_time_s': 3.0}))
+        (run_dir / f'train_{run_dir.name}_20260101_000000.log').write_text('log')
+        models[run_dir.name] = demo.ship(tmp_path / 'ship', run_dir, option_file, seed)
+    return models
 
 
 def test_shipped_checkpoint_is_installed_after_its_checks(demo, tmp_path, monkeypatch):
     assert demo.read_manifest(tmp_path) == {}
-    models = ship_original(demo, tmp_path, monkeypatch)
+    models = ship_base(demo, tmp_path, monkeypatch)
     (entry,) = models.values()
     assert entry['option'] == 'options/train/train_promptir-tiny_demo3_l1_2kit.yml' and len(entry['sha256']) == 64
     stages = {s.name: s for s in demo.base_stages(models, tmp_path / 'ship')}
@@ -103,7 +109,7 @@ def test_shipped_checkpoint_is_installed_after_its_checks(demo, tmp_path, monkey
 
 
 def test_a_shipped_checkpoint_that_does_not_match_is_an_error(demo, tmp_path, monkeypatch):
-    models = ship_original(demo, tmp_path, monkeypatch)
+    models = ship_base(demo, tmp_path, monkeypatch)
     (entry,) = models.values()
     (tmp_path / 'ship' / entry['file']).write_bytes(b'other weights')
     with pytest.raises(SystemExit, match=r'\.pth: sha256 [0-9a-f]{64} does not match .*manifest\.json.*--build-base'):
@@ -121,3 +127,50 @@ def test_help_lists_the_base_model_options():
     proc = run_tool('demo.py', ['--help'], cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert '--fresh-base' in proc.stdout and '--build-base' in proc.stdout
+
+
+def test_with_shipped_base_models_every_stage_waits_for_the_data(demo, tmp_path, monkeypatch):
+    models = ship_base(demo, tmp_path, monkeypatch, count=len(demo.base_runs()))
+    stages = demo.build_stages(models, tmp_path / 'ship')
+    by_name = {s.name: s for s in stages}
+    installs = [s.name for s in stages if s.action is not None]
+    assert installs == [name for name, _, _ in demo.base_runs()]
+
+    def upstream(name):
+        needs = set(by_name[name].needs)
+        return needs.union(*(upstream(n) for n in needs))
+
+    readers = [s.name for s in stages if s.cmd and s.name != 'data']  # every command reads datasets/demo
+    assert {'asvp_study', 'unlearn_haze_ga_s0', 'unlearn_report_rain'} <= set(readers)
+    for name in readers + installs:
+        assert 'data' in upstream(name), name
+    assert demo.Runner(stages, 2).ready(list(by_name)) == ['data']  # what the runner may start first
+
+
+def test_a_rerun_stage_reruns_the_stages_after_it(demo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    stages = [demo.Stage(name, ['touch', str(tmp_path / name)], outputs=[tmp_path / name], needs=needs)
+              for name, needs in (('base', []), ('after', ['base']), ('other', []))]
+    assert demo.Runner(stages, 2).run().keys() == {'base', 'after', 'other'}
+    runner = demo.Runner(stages, 2)
+    runner.run()
+    assert runner.ran == set()  # all stamps match: reused
+    runner = demo.Runner(stages, 2, rerun=['base'])
+    runner.run()
+    assert runner.ran == {'base', 'after'}
+
+
+def test_an_install_that_raises_kills_the_running_stages(demo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def broken_install():
+        raise OSError('disk full')
+
+    stages = [demo.Stage('slow', ['sleep', '60']), demo.Stage('install', [], action=broken_install)]
+    runner = demo.Runner(stages, 2)
+    with pytest.raises(OSError, match='disk full'):
+        runner.run()
+    ((proc, _),) = runner.running.values()
+    assert proc.args == ['sleep', '60'] and proc.returncode == -signal.SIGKILL  # killed and reaped
+    with pytest.raises(ProcessLookupError):
+        os.kill(proc.pid, 0)

@@ -4,19 +4,20 @@ rain forgotten, 3 seeds each), the ASVP study, and `results/demo/REPORT.md`.
 Usage:
     python tools/demo.py                # reuse finished stages whose merged options did not change
     python tools/demo.py --fresh        # run every stage again
-    python tools/demo.py --fresh-base   # train the base models here instead of installing the shipped ones
+    python tools/demo.py --fresh-base   # train the base models here (again) instead of installing the shipped ones
     python tools/demo.py --build-base   # train the base models, write them to checkpoints/demo/, stop
 
 Each stage is a real command (`tools/train.py`, `tools/unlearn_report.py`, ...) run in a subprocess with the
 repository root as working directory. A stage is skipped when its stamp in `results/demo/stages/` carries the same
-key: a hash of the command line and of the fully merged options of every YAML it reads (`_base_` resolved).
+key (a hash of the command line and of the fully merged options of every YAML it reads, `_base_` resolved) and no
+stage it needs ran in this run; `--fresh` runs every stage again, `--fresh-base` the base models and all after them.
 
 Base models: the original and, per forgotten type, the retrained-without-X reference at 2 seeds (their gap on X is
 the noise floor of "indistinguishable from retraining"). A base model listed in `checkpoints/demo/manifest.json` is
-installed into `experiments/<name>/` instead of trained, after checking the checkpoint's sha256 and that its training
-YAML (with the seed overrides) still merges to the options it was trained from. Every unlearning method runs with
-seeds 0, 1, 2: seed 0 is its YAML as it is, seed k adds `--force_yml manual_seed=k datasets:train:seed=k
-name=<name>_seed<k>`.
+installed into `experiments/<name>/` instead of trained (still after the `data` stage, which every later stage
+reads), after checking the checkpoint's sha256 and that its training YAML (with the seed overrides) still merges to
+the options it was trained from. Every unlearning method runs with seeds 0, 1, 2: seed 0 is its YAML as it is, seed k
+adds `--force_yml manual_seed=k datasets:train:seed=k name=<name>_seed<k>`.
 """
 import argparse
 import copy
@@ -28,10 +29,12 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from functools import cache, partial
 from pathlib import Path
+
+import torch
 
 import basicsr_unlearn  # noqa: F401  (torchvision alias before basicsr)
 from basicsr_unlearn.config import apply_force_yml, load_options
@@ -185,6 +188,12 @@ def install_shipped(folder: Path, run: str, entry: dict) -> None:
     shutil.copyfile(folder / entry['log'], target / Path(entry['log']).name)
 
 
+def machine() -> str:
+    """The CPU, its cores and the CUDA GPU the stages train on (BasicSR's `num_gpu: auto`), if there is one."""
+    gpu = f'GPU {torch.cuda.get_device_name(0)}' if torch.cuda.is_available() else 'no CUDA GPU'
+    return f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {gpu}'
+
+
 def ship(folder: Path, run_dir: Path, option_file: Path, seed: int) -> dict:
     """Copy a trained base model into `folder` (checkpoint, train_log.json, its newest BasicSR log); returns its
     manifest entry."""
@@ -199,20 +208,20 @@ def ship(folder: Path, run_dir: Path, option_file: Path, seed: int) -> dict:
         shutil.copyfile(source, folder / files[key])
     return {**files, 'sha256': file_sha256(folder / files['file']), 'option': str(option_file.relative_to(ROOT)),
             'seed': seed, 'options_sha1': options_digest(option_file, seed),
-            'built_on': f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores'}
+            'built_on': machine()}
 
 
 def base_stages(shipped: dict[str, dict], folder: Path = SHIPPED) -> list[Stage]:
-    """A training stage per base model, or an install stage where `shipped` (a manifest) lists its run."""
+    """A training stage per base model, or an install stage where `shipped` (a manifest) lists its run; both need
+    `data`, so that every stage after a base model finds `datasets/demo`."""
     stages = []
     for name, option_file, seed in base_runs():
         stage = train_stage(name, option_file, ['data'], seed)
         entry = shipped.get(stage.run_dir.name)
         if entry is not None:
             check_shipped(folder, stage.run_dir.name, entry, options_digest(option_file, seed))
-            stage = Stage(name, [], outputs=stage.outputs, action=partial(install_shipped, folder,
-                                                                          stage.run_dir.name, entry),
-                          stamp=entry['sha256'])
+            stage = Stage(name, [], outputs=stage.outputs, needs=stage.needs,
+                          action=partial(install_shipped, folder, stage.run_dir.name, entry), stamp=entry['sha256'])
         stages.append(stage)
     return stages
 
@@ -258,11 +267,12 @@ def data_stage() -> Stage:
                  outputs=[Path('datasets/demo/manifest.json')])
 
 
-def build_stages(shipped: dict[str, dict] | None = None) -> list[Stage]:
-    """All demo stages with their dependencies, in start order; base models listed in `shipped` are installed."""
+def build_stages(shipped: dict[str, dict] | None = None, folder: Path = SHIPPED) -> list[Stage]:
+    """All demo stages with their dependencies, in start order; base models listed in `shipped` (the manifest of
+    `folder`) are installed."""
     test_opt = find_option('test', f'test_{ARCH}_demo3')
     study_opt = find_option('distill', f'asvp-study_{ARCH}_demo3')
-    stages = [data_stage(), *base_stages(shipped or {})]
+    stages = [data_stage(), *base_stages(shipped or {}, folder)]
     runs = {s.name: s.run_dir for s in stages[1:]}
     study = Stage('asvp_study', [
         sys.executable, 'tools/asvp_study.py', '--quick', '--opt', str(study_opt.relative_to(ROOT)),
@@ -285,13 +295,15 @@ def build_stages(shipped: dict[str, dict] | None = None) -> list[Stage]:
 
 class Runner:
     """Runs stages as subprocesses, at most `jobs` at once, each single-threaded so wall times compare fairly; a
-    stage with an in-process action (installing a shipped checkpoint) runs at once."""
+    stage with an in-process action (installing a shipped checkpoint) runs at once. The stages named in `rerun` run
+    whatever their stamps say, and a stage after one that ran runs too."""
 
-    def __init__(self, stages: list[Stage], jobs: int, fresh: bool):
+    def __init__(self, stages: list[Stage], jobs: int, rerun: Collection[str] = ()):
         self.stages = {s.name: s for s in stages}
-        self.jobs, self.fresh = jobs, fresh
+        self.jobs, self.rerun = jobs, set(rerun)
         self.seconds: dict[str, float] = {}
         self.running: dict[str, tuple[subprocess.Popen, float]] = {}
+        self.ran: set[str] = set()
         self.total = len(stages)
         self.keys: dict[str, str] = {}
         for stage in stages:  # in dependency order: a changed stage invalidates everything after it
@@ -299,14 +311,20 @@ class Runner:
 
     def up_to_date(self, stage: Stage) -> bool:
         stamp = OUT / 'stages' / f'{stage.name}.json'
-        return (not self.fresh and stamp.is_file() and json.loads(stamp.read_text())['key'] == self.keys[stage.name]
+        return (stage.name not in self.rerun and not self.ran.intersection(stage.needs) and stamp.is_file()
+                and json.loads(stamp.read_text())['key'] == self.keys[stage.name]
                 and all(p.exists() for p in stage.outputs))
+
+    def ready(self, pending: list[str]) -> list[str]:
+        """The pending stages whose needed stages all finished."""
+        return [n for n in pending if all(d in self.seconds for d in self.stages[n].needs)]
 
     def log(self, name: str, text: str) -> None:
         done = len(self.seconds)
         print(f'[{time.strftime("%H:%M:%S")} {done}/{self.total}] {name}: {text}', flush=True)
 
     def start(self, stage: Stage) -> None:
+        self.ran.add(stage.name)
         if stage.action is not None:
             started = time.time()
             stage.action()
@@ -325,8 +343,6 @@ class Runner:
         log_path = OUT / 'logs' / f'{name}.log'
         if returncode != 0:
             tail = ''.join(log_path.read_text().splitlines(keepends=True)[-25:])
-            for proc, _ in self.running.values():
-                proc.kill()
             raise SystemExit(f'{tail}\ndemo stage {name!r} failed (exit {returncode}); full log: {log_path}')
         missing = [str(p) for p in stage.outputs if not p.exists()]
         if missing:
@@ -343,10 +359,21 @@ class Runner:
                 self.log(name, lines[-1].split('INFO: ', 1)[-1][:120])
 
     def run(self) -> dict[str, float]:
+        """Run every stage; on any error (a failed stage, an install that raises, Ctrl-C) kill the running ones
+        first."""
+        try:
+            return self._run()
+        except BaseException:
+            for proc, _ in self.running.values():
+                proc.kill()
+                proc.wait()
+            raise
+
+    def _run(self) -> dict[str, float]:
         pending = list(self.stages)
         last_progress = time.time()
         while pending or self.running:
-            for name in [n for n in pending if all(d in self.seconds for d in self.stages[n].needs)]:
+            for name in self.ready(pending):
                 if self.up_to_date(self.stages[name]):
                     pending.remove(name)
                     self.seconds[name] = 0.0
@@ -365,15 +392,14 @@ class Runner:
         return self.seconds
 
 
-def write_report(seconds: dict[str, float]) -> str:
+def write_report(seconds: dict[str, float], jobs: int) -> str:
     """Assemble `results/demo/REPORT.md` from the sub-reports; returns the headline tables."""
-    hardware = f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU'
     stage_rows = '\n'.join(f'| {name} | {s:.0f} |' for name, s in seconds.items())
     text = (
         '# basicsr-unlearn demo report\n\n'
-        f'Hardware: {hardware}. Wall time of this run: {seconds["total (wall)"] / 60:.1f} min '
-        '(stages reused from an earlier run or installed from checkpoints/demo count 0; two stages run at once, one '
-        'thread each).\n\n'
+        f'Hardware: {machine()}. Wall time of this run: {seconds["total (wall)"] / 60:.1f} min (stages reused from an '
+        f'earlier run or installed from checkpoints/demo count 0; {jobs} stage(s) run at once, one CPU thread '
+        'each).\n\n'
     )
     headlines = []
     for forget in FORGET_TYPES:
@@ -398,9 +424,10 @@ def _relink(markdown: str, sub: str) -> str:
 
 
 def build_base(jobs: int, fresh: bool) -> None:
-    """Train the data and every base model (reusing up-to-date stages) and write them to `checkpoints/demo/`."""
+    """Train the data and every base model (reusing up-to-date stages unless `fresh`) and write them to
+    `checkpoints/demo/`."""
     base = [data_stage(), *base_stages({})]
-    Runner(base, jobs, fresh).run()
+    Runner(base, jobs, [s.name for s in base] if fresh else ()).run()
     runs = {name: (option_file, seed) for name, option_file, seed in base_runs()}
     models = {s.run_dir.name: ship(SHIPPED, s.run_dir, *runs[s.name]) for s in base if s.name in runs}
     write_json(SHIPPED / 'manifest.json', {'models': models})
@@ -412,7 +439,8 @@ def main() -> None:
     parser.add_argument('--fresh', action='store_true', help='run every stage again, ignoring stamps')
     base = parser.add_mutually_exclusive_group()
     base.add_argument('--fresh-base', action='store_true',
-                      help=f'train the base models in this run instead of installing those of {SHIPPED}/')
+                      help=f'train the base models in this run, even where trained before, instead of installing '
+                           f'those of {SHIPPED}/')
     base.add_argument('--build-base', action='store_true',
                       help=f'train the base models and write them (with sha256, YAML, logs) to {SHIPPED}/, then stop')
     parser.add_argument('--jobs', type=int, default=2, help='stages run at once, one CPU thread each (default 2)')
@@ -422,10 +450,11 @@ def main() -> None:
         build_base(args.jobs, args.fresh)
         return
     start = time.time()
-    shipped = {} if args.fresh_base else read_manifest()
-    seconds = Runner(build_stages(shipped), args.jobs, args.fresh).run()
+    stages = build_stages({} if args.fresh_base else read_manifest())
+    rerun = [s.name for s in stages] if args.fresh else [name for name, _, _ in base_runs()] if args.fresh_base else []
+    seconds = Runner(stages, args.jobs, rerun).run()
     seconds['total (wall)'] = time.time() - start
-    headline = write_report(seconds)
+    headline = write_report(seconds, args.jobs)
     print(f'\n{headline}\nFull report: {OUT / "REPORT.md"}')
 
 
