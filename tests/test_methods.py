@@ -150,6 +150,20 @@ def test_method_resumed_steps_as_the_run_it_resumes(name: str, tmp_path: Path, c
                 if isinstance(value, list) else value == again[key]), (name, key)
 
 
+def test_task_vector_resumed_with_another_scale_is_refused(tmp_path: Path, checkpoints: tuple[str, str]) -> None:
+    """The resumed weights hold the vector applied at the first start (``setup`` is not run again); a resume with
+    another ``scale`` would silently keep the old one, so it is refused."""
+    original, adapted = checkpoints
+    build('TaskVector', tmp_path, checkpoints).save(0, 1)
+    train = {'method': {'type': 'TaskVector', 'scale': 2.0}, 'optim_g': {'type': 'Adam', 'lr': 1e-4}}
+    opt = options(tmp_path, train, str(tmp_path / 'models' / 'net_g_1.pth'), pretrain_network_adapted=adapted,
+                  resume_state=str(tmp_path / 'states' / '1.state'), original_pretrain_network_g=original,
+                  original_param_key_g='params')
+    resumed = UnlearnModel(opt)
+    with pytest.raises(ValueError, match='scale: the run applied 1.0 at its first start'):
+        resumed.resume_training(torch.load(tmp_path / 'states' / '1.state', weights_only=True))
+
+
 @pytest.mark.parametrize('dtype', ['bf16', 'fp16'])
 @pytest.mark.parametrize('name', NAMES)
 def test_method_steps_under_mixed_precision(name: str, dtype: str, tmp_path: Path,

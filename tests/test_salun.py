@@ -66,7 +66,22 @@ def test_saliency_masks_keep_the_requested_share_despite_tied_zero_gradients(spa
     assert zeros > (1 - sparsity) * total + 10  # a threshold at the tied value 0 would keep far more
     masks = saliency_masks(net, lq, gt, sparsity)
     assert abs(sum(float(m.sum()) for m in masks) - sparsity * total) <= 1
-    assert all(set(m.unique().tolist()) <= {0.0, 1.0} for m in masks)
+    assert all(m.dtype == torch.bool for m in masks)
+
+
+class ZeroGradient(Unused):
+    """Its parameters enter the output with weight 0 (their gradients are all 0)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0 * sum(p.sum() for p in self.parameters())
+
+
+def test_saliency_masks_cut_ties_by_index() -> None:
+    """All gradients 0: the kept weights are the first ones in parameter order."""
+    net = ZeroGradient(torch.nn.Linear(4, 5))
+    masks = saliency_masks(net, torch.rand(1, 3, 4, 4), torch.rand(1, 3, 4, 4), 0.3)
+    flat = torch.cat([m.flatten() for m in masks])
+    assert torch.equal(flat, torch.arange(25) < round(0.3 * 25))
 
 
 def test_salun_retain_only_first_batch_leaves_weights_until_the_mask_exists(
@@ -81,7 +96,7 @@ def test_salun_retain_only_first_batch_leaves_weights_until_the_mask_exists(
     model.feed_data(grouped_batch(6))
     model.optimize_parameters(2)
     masks = model.method.masks
-    assert masks is not None
+    assert masks is not None and all(m.dtype == torch.bool for m in model.method.state_dict()['masks'])
     moved = [(p.detach() != p0) for p, p0 in zip(net.parameters(), start)]
     assert all(not (d & (m == 0)).any() for d, m in zip(moved, masks))
     assert any(d.any() for d in moved)

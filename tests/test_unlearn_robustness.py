@@ -1,6 +1,7 @@
 """UnlearnModel on awkward batches and set-ups: batches missing a role (in one process and across 2 DDP ranks: no
 deadlock, ranks stay identical), EMA weights restored by the guard and the rewind, a stopped run resumed stays
-stopped, a resumed run keeps the original network and the method's state, ``train.amp`` ignored on the CPU."""
+stopped, a resumed run keeps the original network, the method's state, the stop records and a round validated
+after its checkpoint, ``train.amp`` ignored on the CPU."""
 import json
 import subprocess
 import textwrap
@@ -138,6 +139,9 @@ def test_ddp_ranks_with_different_roles_stay_in_step(tmp_path: Path) -> None:
         assert r['same_on_ranks'] and r['moved'] and not r['stopped'], (name, r)
         assert r['has_state'] == (name in ('SalUn', 'AdaptStage1')), (name, r)
     assert set(results['GaAdv']['log']) == {'l_forget', 'l_retain', 'l_adv', 'l_total'}
+    for r in results.values():  # l_total: the sum of the logged averages, not a mean over zero-loss ranks
+        log = r['log']
+        assert log['l_total'] == pytest.approx(sum(v for k, v in log.items() if k != 'l_total')), log
     assert set(results['GradientAscent']['log']) == {'l_forget', 'l_total'}
 
 
@@ -203,6 +207,54 @@ def test_resumed_run_keeps_the_guard_and_rewind_state(tmp_path: Path, pretrained
     assert resumed.stopped and 'rewound to iter 1' in resumed.stop_reason, resumed.stop_reason
     assert same(weights(resumed), at_round)
     assert model.hooks[1].original and resumed.hooks[1].original == model.hooks[1].original
+
+
+def saved_then_validated_then_resumed(tmp_path: Path, train: dict, pretrained: str,  # noqa: F811
+                                      rounds: tuple[int, ...]) -> tuple[UnlearnModel, UnlearnModel]:
+    """A run validated at ``rounds`` (the last one 3) whose iteration 3 is saved before its validation (BasicSR's
+    order), and the same run resumed from ``3.state``."""
+    model = UnlearnModel(options(tmp_path, train, pretrained))
+    for it in range(1, 4):
+        if it > 1:
+            run(model, 1, first=it)
+        if it == 3:
+            model.save(0, 3)
+        if it in rounds:
+            validate(model, it)
+    state = tmp_path / 'states' / '3.state'
+    resumed = UnlearnModel(options(tmp_path, train, str(tmp_path / 'models' / 'net_g_3.pth'), resume_state=str(state),
+                                   original_pretrain_network_g=pretrained, original_param_key_g='params'))
+    resumed.resume_training(torch.load(state, weights_only=True))
+    return model, resumed
+
+
+def test_a_round_validated_at_a_saved_iteration_is_judged_by_the_resumed_run(tmp_path: Path,
+                                                                              pretrained: str) -> None:  # noqa: F811
+    """Round 3, validated after ``3.hooks`` was written, is in the resumed run's stop state: the resumed run takes
+    the best round 3 as the run that went on; the stop records of round 1 (``train_log['stop']``) survive the
+    resume."""
+    stop = {'type': 'InputLevelStop', 'de_name': 'haze', 'margin': -60.0, 'retain_delta': 100.0}
+    train = {'method': {'type': 'GradientAscent', 'tau': 1.0}, 'optim_g': {'type': 'Adam', 'lr': 1e-2}, 'stop': stop}
+    model, resumed = saved_then_validated_then_resumed(tmp_path, train, pretrained, (1, 3))
+    assert 'input_level_psnr' in model.train_log['stop'] and resumed.train_log['stop'] == model.train_log['stop']
+    assert resumed.hooks[1].table == model.hooks[1].table and not resumed.hooks[1].judged
+    at_round = weights(model)
+    for m in (model, resumed):
+        run(m, 1, first=4)
+    best, again = model.hooks[1].best, resumed.hooks[1].best
+    assert best[1] == 3 and again[:2] == best[:2] and same(again[2]['net_g'], at_round)
+    assert not resumed.stopped
+
+
+def test_a_stop_at_a_saved_iteration_is_taken_by_the_resumed_run(tmp_path: Path, pretrained: str) -> None:  # noqa: F811
+    """An oracle stop on round 3 (validated after ``3.hooks`` was written) stops the resumed run at iter 3 too."""
+    train = {'method': {'type': 'GradientAscent', 'tau': 1.0}, 'optim_g': {'type': 'Adam', 'lr': 1e-2},
+             'stop': {'type': 'OracleStop', 'de_name': 'haze', 'forget_psnr': 99.0}}
+    model, resumed = saved_then_validated_then_resumed(tmp_path, train, pretrained, (3,))
+    for m in (model, resumed):
+        run(m, 1, first=4)
+    assert resumed.stopped and resumed.stop_reason == model.stop_reason and 'at iter 3' in resumed.stop_reason
+    assert resumed.train_log['stopped'] == model.train_log['stopped'] and resumed.train_log['stopped']['iter'] == 3
 
 
 RESUME_SPY = textwrap.dedent("""

@@ -36,7 +36,7 @@ from basicsr_unlearn.precision import PRECISION_KEYS
 from basicsr_unlearn.unlearning import methods  # noqa: F401  (registration)
 from basicsr_unlearn.unlearning.guard import DivergenceGuard
 from basicsr_unlearn.unlearning.hooks import HookedTraining, all_finite, mean_over_ranks, names_over_ranks
-from basicsr_unlearn.unlearning.method import METHOD_REGISTRY, Nets, Step
+from basicsr_unlearn.unlearning.method import METHOD_REGISTRY, Nets, Step, check_resumable
 from basicsr_unlearn.unlearning.params import build, construct
 from basicsr_unlearn.unlearning.stops import STOP_REGISTRY
 
@@ -97,7 +97,9 @@ class UnlearnModel(HookedTraining, AllInOneModel):
         self.hooks = [construct(DivergenceGuard, train.get('guard') or {}, 'train.guard')]
         if train.get('stop') is not None:
             self.hooks.append(build(STOP_REGISTRY, train['stop'], 'train.stop'))
-        if not self.opt['path'].get('resume_state'):
+        if self.opt['path'].get('resume_state'):
+            check_resumable(self.method, 'train.method')
+        else:
             self.method.setup(self.nets)
         super().init_training_settings()  # AllInOneModel/SRModel: EMA, pixel loss (unused here), optimizer, scheduler
 
@@ -158,7 +160,7 @@ class UnlearnModel(HookedTraining, AllInOneModel):
         computed outside it, in full precision. Every rank reaches the same collectives: a rank whose batch gives no
         term (while another's does) backpropagates a zero loss, so DDP's gradient all-reduce still runs on all of
         them; the step is skipped only when no rank has a term (e.g. TaskVector). Each logged term is averaged over
-        the ranks that have it.
+        the ranks that have it, and the logged ``l_total`` is the sum of those averages.
         """
         if self.stopped:
             return
@@ -180,6 +182,7 @@ class UnlearnModel(HookedTraining, AllInOneModel):
         self.precision.backward(l_total, self.optimizer_g)
         self.method.after_backward(self.nets)
         self.precision.step(self.optimizer_g)
-        self.log_dict = mean_over_ranks({**terms, 'l_total': l_total}, [*names, 'l_total'], self.device)
+        self.log_dict = mean_over_ranks(terms, names, self.device)
+        self.log_dict['l_total'] = sum(self.log_dict.values())
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)

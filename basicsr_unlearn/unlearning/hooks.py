@@ -150,6 +150,7 @@ class HookedTraining:
     stopped = False
     stop_reason = ''
     last_val_iter = 0
+    hooks_saved_iter: int | None = None  # the iteration of the last ``<iter>.hooks`` written (rank 0)
     _started = False
 
     def _start(self) -> None:
@@ -171,18 +172,18 @@ class HookedTraining:
         super().save(-1, -1)
 
     def resume_training(self, resume_state: dict) -> None:
-        """As the model's; a run whose ``train_log.json`` says it stopped stays stopped, with the weights at the stop
-        (``net_g_latest.pth``, EMA included) and its ``stop``/``stopped`` records, and says so in the log; any other
-        run gets its hooks' saved state back (:meth:`load_hooks_state`)."""
+        """As the model's, with the ``stop`` record of ``train_log.json``; a run whose ``train_log.json`` says it
+        stopped stays stopped, with the weights at the stop (``net_g_latest.pth``, EMA included) and its ``stopped``
+        record, and says so in the log; any other run gets its hooks' saved state back (:meth:`load_hooks_state`)."""
         super().resume_training(resume_state)
         log = {}
         if osp.isfile(self.train_log_path):
             with open(self.train_log_path) as f:
                 log = json.load(f)
+        self.train_log.update({k: log[k] for k in ('stop', 'stopped') if k in log})
         if 'stopped' not in log:
             self.load_hooks_state(resume_state['iter'])
             return
-        self.train_log.update({k: log[k] for k in ('stop', 'stopped') if k in log})
         self.stopped, self.stop_reason, self._started = True, log['stopped']['reason'], True
         latest = osp.join(self.opt['path']['models'], 'net_g_latest.pth')
         self.load_network(self.net_g, latest, True, 'params')
@@ -196,18 +197,23 @@ class HookedTraining:
         return osp.join(self.opt['path']['training_states'], f'{current_iter}.hooks')
 
     def hooks_state(self) -> dict:
-        """What ``<iter>.hooks`` holds: each hook's :meth:`~TrainingHook.state_dict` under its class name
-        (subclasses may add entries under lower-case names)."""
-        return {type(hook).__name__: hook.state_dict() for hook in self.hooks}
+        """What ``<iter>.hooks`` holds: each hook's :meth:`~TrainingHook.state_dict` under its class name and the
+        last validated iteration under ``'last_val_iter'`` (subclasses may add entries under lower-case names)."""
+        return {**{type(hook).__name__: hook.state_dict() for hook in self.hooks}, 'last_val_iter': self.last_val_iter}
+
+    @master_only
+    def write_hooks_state(self, current_iter: int) -> None:
+        """:meth:`hooks_state` to ``training_states/<iter>.hooks``, atomically."""
+        with atomic_path(self.hooks_state_path(current_iter)) as tmp:
+            torch.save(self.hooks_state(), tmp)
+        self.hooks_saved_iter = current_iter
 
     @master_only
     def save_training_state(self, epoch: int, current_iter: int) -> None:
-        """:meth:`hooks_state` in ``training_states/<iter>.hooks`` (written first: a whole ``<iter>.state`` implies
-        its hooks' file), then the model's training state."""
-        state = self.hooks_state() if current_iter != -1 else {}
-        if state:
-            with atomic_path(self.hooks_state_path(current_iter)) as tmp:
-                torch.save(state, tmp)
+        """``training_states/<iter>.hooks`` (written first: a whole ``<iter>.state`` implies its hooks' file), then
+        the model's training state."""
+        if current_iter != -1:
+            self.write_hooks_state(current_iter)
         super().save_training_state(epoch, current_iter)
 
     def load_hooks_state(self, current_iter: int) -> dict:
@@ -221,6 +227,7 @@ class HookedTraining:
         for hook in self.hooks:
             if type(hook).__name__ in states:
                 hook.load_state_dict(states[type(hook).__name__])
+        self.last_val_iter = states.get('last_val_iter', 0)
         return states
 
     def allow_update(self, terms: dict[str, torch.Tensor], total: torch.Tensor) -> bool:
@@ -270,7 +277,9 @@ class HookedTraining:
                 hook.after_save(self)
 
     def validation(self, dataloader, current_iter, tb_logger=None, save_img: bool = False) -> dict:
-        """As the model's, then the hooks (skipped once stopped, when the last metrics are returned)."""
+        """As the model's, then the hooks (skipped once stopped, when the last metrics are returned); at the
+        iteration of the last ``<iter>.hooks`` (saved just before) that file is rewritten with the round in it, so a
+        run resumed from ``<iter>.state`` still decides the round."""
         if self.stopped and self.opt['is_train']:
             return self.last_metrics
         if self.opt['is_train']:
@@ -280,4 +289,6 @@ class HookedTraining:
             self.last_val_iter = self.current_iter
             for hook in self.hooks:
                 hook.after_validation(self, dataloader, result)
+            if self.current_iter == self.hooks_saved_iter:  # BasicSR saves before it validates the same iteration
+                self.write_hooks_state(self.current_iter)
         return result

@@ -5,8 +5,8 @@ A method is a class in :data:`METHOD_REGISTRY` (chosen in YAML as ``train.method
 must build for it, and computes its loss terms from ONE shared forward of ``net_g`` per step (DDP-safe):
 
 1. :meth:`~UnlearnMethod.setup` once at the first start, after the model built what was declared (e.g. apply a
-   task vector); what the method computes once (SalUn masks, a Fisher, a normaliser) is its
-   :meth:`~UnlearnMethod.state_dict`, saved with each training state and given back by
+   task vector), never on resume; what the method computes at ``setup`` or at a step (SalUn masks, a Fisher, a
+   normaliser) must be its :meth:`~UnlearnMethod.state_dict`, saved with each training state and given back by
    :meth:`~UnlearnMethod.load_state_dict` on resume instead of ``setup``;
 2. each step, :meth:`~UnlearnMethod.extra_inputs` (inputs appended to the shared forward, e.g. PGD copies), then
    the forward, then :meth:`~UnlearnMethod.losses` -> ``{'l_<name>': scalar}`` (summed and minimised; terms named
@@ -94,10 +94,13 @@ class UnlearnMethod:
     needs = Needs()
 
     def setup(self, nets: Nets) -> None:
-        """Once, before training (``nets.net`` holds the pretrained weights); not called on resume."""
+        """Once, at the first start (``nets.net`` holds the pretrained weights); NOT called on resume
+        (``--auto_resume``): what it computes must be in :meth:`state_dict` (a method that overrides ``setup`` but
+        not ``state_dict`` is refused on resume, :func:`check_resumable`)."""
 
     def state_dict(self) -> dict:
-        """What the method computed once and a resumed run must not recompute (``{}``: nothing)."""
+        """What the method computed at :meth:`setup` or at a step (e.g. at its first forget step) and a resumed run
+        must get back; saved in ``training_states/<iter>.hooks`` (``{}``: nothing)."""
         return {}
 
     def load_state_dict(self, state: dict, nets: Nets) -> None:
@@ -115,6 +118,24 @@ class UnlearnMethod:
 
     def after_backward(self, nets: Nets) -> None:
         """After ``backward()``, before the optimiser step (gradients are in ``nets.net``'s ``.grad``)."""
+
+
+def check_resumable(method: UnlearnMethod, key: str) -> None:
+    """Raise when ``method`` overrides :meth:`~UnlearnMethod.setup` but not :meth:`~UnlearnMethod.state_dict`: a
+    resumed run skips ``setup``, so what it computed would be lost.
+
+    Example:
+        >>> class Setup(UnlearnMethod):
+        ...     def setup(self, nets): pass
+        >>> check_resumable(Setup(), 'train.method')
+        Traceback (most recent call last):
+        ...
+        TypeError: train.method: Setup overrides setup but not state_dict; ...
+    """
+    cls = type(method)
+    if cls.setup is not UnlearnMethod.setup and cls.state_dict is UnlearnMethod.state_dict:
+        raise TypeError(f'{key}: {cls.__name__} overrides setup but not state_dict; a resumed run skips setup, so it '
+                        'cannot resume')
 
 
 def present(**terms: torch.Tensor | None) -> dict[str, torch.Tensor]:

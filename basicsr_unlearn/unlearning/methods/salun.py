@@ -1,6 +1,4 @@
 """SalUn (Fan et al., ICLR 2024): saliency unlearning — only the weights most salient for the forget loss move."""
-import itertools
-
 import torch
 
 from basicsr_unlearn.losses.criteria import per_sample_loss
@@ -10,13 +8,13 @@ from basicsr_unlearn.unlearning.methods.identity_target import IdentityTarget
 
 
 def saliency_masks(net: torch.nn.Module, lq: torch.Tensor, gt: torch.Tensor, sparsity: float) -> list[torch.Tensor]:
-    """0/1 masks of the ``round(sparsity * n)`` weights (at least one) with the largest ``|d L / d theta|``, ``L`` the
-    summed L1 of ``net`` on the forget samples of every rank.
+    """Boolean masks of the ``round(sparsity * n)`` weights (at least one) with the largest ``|d L / d theta|``, ``L``
+    the summed L1 of ``net`` on the forget samples of every rank.
 
-    One global ranking over all ``n`` parameters; ties (e.g. many zero gradients) are cut by index, so exactly that
-    many weights are kept. Under a process group every rank must call it (one all-reduce of the gradients; a rank
-    without forget samples passes empty ``lq``/``gt`` and adds zero), and every rank gets the same masks. ``.grad`` of
-    ``net`` is left untouched.
+    One global ranking over all ``n`` parameters (a stable sort); ties (e.g. many zero gradients) go to the lower
+    index in parameter order, so exactly that many weights are kept. Under a process group every rank must call it
+    (one all-reduce of the gradients; a rank without forget samples passes empty ``lq``/``gt`` and adds zero), and
+    every rank gets the same masks. ``.grad`` of ``net`` is left untouched.
 
     Args:
         net: the network at ``theta_0``.
@@ -24,7 +22,7 @@ def saliency_masks(net: torch.nn.Module, lq: torch.Tensor, gt: torch.Tensor, spa
         sparsity: share of weights kept trainable, in (0, 1].
 
     Returns:
-        One float mask per parameter of ``net`` (same shapes).
+        One boolean mask per parameter of ``net`` (same shapes).
 
     Example:
         >>> net = torch.nn.Conv2d(3, 3, 1)
@@ -40,8 +38,8 @@ def saliency_masks(net: torch.nn.Module, lq: torch.Tensor, gt: torch.Tensor, spa
     flat = sum_over_ranks(torch.cat([(torch.zeros_like(p) if g is None else g.detach()).flatten()
                                      for p, g in zip(params, grads, strict=True)]))
     keep = max(1, round(sparsity * flat.numel()))
-    mask = torch.zeros_like(flat)
-    mask[flat.abs().topk(keep).indices] = 1.0
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask[flat.abs().sort(descending=True, stable=True).indices[:keep]] = True
     return [m.view_as(p) for m, p in zip(mask.split([p.numel() for p in params]), params, strict=True)]
 
 
@@ -82,7 +80,7 @@ class SalUn(UnlearnMethod):
         return None
 
     def state_dict(self) -> dict:
-        """The masks (None before the first forget step)."""
+        """The boolean masks (None before the first forget step)."""
         return {'masks': self.masks}
 
     def load_state_dict(self, state: dict, nets: Nets) -> None:
@@ -96,6 +94,10 @@ class SalUn(UnlearnMethod):
 
     def after_backward(self, nets: Nets) -> None:
         """Zero the gradients of the weights outside the mask (drop all of them while there is no mask yet)."""
-        for p, mask in zip(nets.net.parameters(), self.masks or itertools.repeat(None)):
+        if self.masks is None:
+            for p in nets.net.parameters():
+                p.grad = None
+            return
+        for p, mask in zip(nets.net.parameters(), self.masks, strict=True):
             if p.grad is not None:
-                p.grad = None if mask is None else p.grad.mul_(mask)
+                p.grad.mul_(mask)

@@ -56,6 +56,16 @@ class TaskVector(UnlearnMethod):
         """``nets.net <- theta_0 - scale * (theta_N - theta_0)``."""
         negate_task_vector(nets.net, nets.adapted.state_dict(), self.scale)
 
+    def state_dict(self) -> dict:
+        """The scale applied at the first start (the resumed weights already hold the vector)."""
+        return {'scale': self.scale}
+
+    def load_state_dict(self, state: dict, nets: Nets) -> None:
+        """Refuse a resume with another scale than the one applied."""
+        if state['scale'] != self.scale:
+            raise ValueError(f"scale: the run applied {state['scale']} at its first start; cannot resume it with "
+                             f'{self.scale}')
+
     def losses(self, step: Step) -> dict[str, torch.Tensor]:
         """No terms."""
         return {}

@@ -45,8 +45,12 @@ class StopCriterion(TrainingHook):
         return self.de_names or list(((model.opt.get('datasets') or {}).get('train') or {}).get('forget') or [])
 
     def before_train(self, model) -> None:
-        """Label the run in ``train_log.json`` and the log."""
-        model.train_log['stop'] = {'type': type(self).__name__, 'oracle': self.oracle, 'label': self.label}
+        """Label the run in ``train_log.json`` and the log (on resume, into the records of the same criterion from
+        before the resume)."""
+        kept = model.train_log.get('stop') or {}
+        if kept.get('type') != type(self).__name__:
+            kept = {}
+        model.train_log['stop'] = {**kept, 'type': type(self).__name__, 'oracle': self.oracle, 'label': self.label}
         if self.oracle:
             get_root_logger().warning(f'train.stop: {type(self).__name__} is an ORACLE stop (it reads a retrained '
                                       'model or a number taken from one); this run is labelled "oracle stop" and is '
@@ -60,6 +64,14 @@ class StopCriterion(TrainingHook):
         self.table.update(psnr_of(result))
         self.judged = False
         self.after_loader(model, dataloader, result)
+
+    def state_dict(self) -> dict:
+        """The last round's table and whether it was judged (a round validated at a saved iteration is judged by
+        the run resumed from it)."""
+        return {'table': self.table, 'table_iter': self.table_iter, 'judged': self.judged}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.table, self.table_iter, self.judged = state['table'], state['table_iter'], state['judged']
 
     def decide(self, model) -> str | None:
         """Judge the last complete round once."""

@@ -51,14 +51,20 @@ class InputLevelStop(StopCriterion):
 
     def before_train(self, model) -> None:
         super().before_train(model)
-        self.best = (float('inf'), 0, snapshot_nets(model))
+        start = snapshot_nets(model)
+        self.best = (float('inf'), 0, start)
+        if self.rewind:  # on resume, the weights of a round left unjudged at the saved iteration
+            self.round_state = start
 
     def state_dict(self) -> dict:
-        """The best feasible round so far (a resumed run rewinds to it, not to its own start)."""
-        return {'best': self.best}
+        """The round's table, the best feasible round so far (a resumed run rewinds to it, not to its own start) and
+        the input level and original PSNR the round is judged against (the round's weights are not saved: a round
+        left unjudged is the saved iteration's, the weights the resumed run starts with)."""
+        return {**super().state_dict(), 'best': self.best, 'input_level': self.input_level, 'original': self.original}
 
     def load_state_dict(self, state: dict) -> None:
-        self.best = state['best']
+        super().load_state_dict(state)
+        self.best, self.input_level, self.original = state['best'], state['input_level'], state['original']
 
     def new_round(self, model) -> None:
         if self.rewind:

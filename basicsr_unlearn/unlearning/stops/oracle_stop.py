@@ -51,6 +51,14 @@ class OracleStop(StopCriterion):
             self.net = load_frozen(model, self.reference)
         self.targets.update(self.baseline(model, dataloader, 'reference', lambda lq: model.restore(lq, self.net)))
 
+    def state_dict(self) -> dict:
+        """The round's table and the targets it is judged against."""
+        return {**super().state_dict(), 'targets': self.targets}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.targets = state['targets']
+
     def judge(self, model, table: dict[str, float]) -> str | None:
         names = [n for n in self.forget_names(model) if n in table and n in self.targets]
         if not names:
