@@ -1,4 +1,5 @@
 """Shared test helpers: run a launcher in a real subprocess, write tiny real-image pairs and tiny option files."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -10,6 +11,15 @@ import yaml
 from skimage import data as skdata
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_tool(name: str, module_name: str):
+    """Import ``tools/<name>.py`` as the module ``module_name`` (once per process)."""
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(module_name, module)
+    spec.loader.exec_module(module)
+    return module
 TINY_EDSR = {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': 1,
              'img_range': 1.0, 'rgb_mean': [0.5, 0.5, 0.5]}  # BasicSR's arch, scale 1, 3k parameters
 CONSTANT_SCHEDULE = {'warmup_iter': -1, 'optim_g': {'type': 'Adam', 'lr': 1e-3},

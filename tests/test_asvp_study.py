@@ -1,22 +1,16 @@
 """tools/asvp_study.py: centre-crop evaluation, best-point selection, and one end-to-end quick run."""
-import importlib.util
 import json
-import sys
 
 import pytest
 import torch
 
 from basicsr_unlearn.config import load_options
 from basicsr_unlearn.data.demo_data import SPLITS
-from tests.helpers import ROOT, run_tool
+from tests.helpers import ROOT, load_tool, run_tool
 
 
 def load_study():
-    spec = importlib.util.spec_from_file_location('asvp_study', ROOT / 'tools' / 'asvp_study.py')
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault('asvp_study', module)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('asvp_study', 'asvp_study')
 
 
 def cell(defence: str, attack: str, drop: float, teacher: float = 0.0, student: str = 'restormer-tiny') -> dict:

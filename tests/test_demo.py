@@ -1,26 +1,20 @@
 """tools/demo.py without running its stages: the stage graph (both forgotten types, reference and method seeds, `data`
 first also with shipped base models), the shipped base checkpoints (install, sha256 and options checks) and the
 Runner on small fake stages (reruns, killing running stages on an error)."""
-import importlib.util
 import json
 import os
 import shutil
 import signal
-import sys
 
 import pytest
 
 from basicsr_unlearn.config import apply_force_yml, load_options
-from tests.helpers import ROOT, run_tool
+from tests.helpers import ROOT, load_tool, run_tool
 
 
 @pytest.fixture(scope='module')
 def demo():
-    spec = importlib.util.spec_from_file_location('demo_tool', ROOT / 'tools' / 'demo.py')
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault('demo_tool', module)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('demo', 'demo_tool')
 
 
 @pytest.fixture(scope='module')
