@@ -127,6 +127,10 @@ def _mixed(root: Path, **change: object) -> dict:
 DELETE = object()
 # case -> ({dotted option: value}, regex of the error); '{ws}' is the workspace folder
 OPTION_CASES = {
+    'amp dtype fp32': ({'train.amp': {'dtype': 'fp32'}},
+                       r"^train\.amp\.dtype: unknown 'fp32'; expected one of bf16, fp16"),
+    'original path set by hand': ({'path.original_pretrain_network_g': 'x.pth'},
+                                  r"path: unknown key 'original_pretrain_network_g'"),
     'lr abc': ({'train.optim_g.lr': 'abc'}, r"^train\.optim_g\.lr: expected a number > 0, got 'abc'$"),
     'lr string 2e-4': ({'train.optim_g.lr': '2e-4'}, r"lr: expected a number > 0, got '2e-4' \(a string: write "
                                                      r'!!float 2e-4\)'),
