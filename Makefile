@@ -14,9 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -e .[test]
 	touch $@
 
+# one pytest worker per CPU core (pytest-xdist), each test file on one worker so module fixtures are built once
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests basicsr_unlearn --durations=15
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile tests basicsr_unlearn --durations=15
 
 # make demo: base models from checkpoints/demo/ when shipped (sha256-checked), else trained; FRESH=1 trains them in
 # this run, even where an earlier run trained them, and reruns every stage after them. Rebuild the shipped ones:

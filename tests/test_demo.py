@@ -61,6 +61,12 @@ def test_stage_graph_has_both_types_two_reference_seeds_and_three_seeds_per_meth
         assert methods['task_vector'].split(',')[2] == '+'.join(
             str(by_name[f'unlearn_{forget}_{stem}_s2'].run_dir) for stem in ('adapt-stage1', 'task-vector'))
         assert set(report.needs) >= {f'unlearn_{forget}_{stem}_s2' for stem in ('ga-adv', 'salun')}
+        step = by_name[f'step_time_wo_{forget}']  # times a retraining step beside the methods, for the cost
+        assert step.needs == ['data'] and step.name in report.needs
+        assert cmd[cmd.index('--retrain-step-time') + 1] == str(step.run_dir)
+        opt = apply_force_yml(demo.merged_options(step.options[0]), force_yml(step))
+        assert step.options == by_name[f'retrain_wo_{forget}'].options and opt['name'] == step.run_dir.name
+        assert opt['train']['total_iter'] == 50 < opt['val']['val_freq']
 
 
 def test_reference_seed_trains_another_run(stages):

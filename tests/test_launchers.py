@@ -36,6 +36,7 @@ def test_train_saves_merged_options_checkpoints_and_curves(tmp_path: Path) -> No
     assert sorted(p.name for p in (exp / 'training_states').iterdir()) == ['2.state', '4.state', '6.state']
     log = json.loads((exp / 'train_log.json').read_text())
     assert log['iter'] == 6 and [it for it, _ in log['loss']] == [2, 4, 6] and log['wall_time_s'] > 0
+    assert 0 < log['step_time_s'] <= log['wall_time_s'] / 2  # median of 5 iterations, 4 of them without validation
     assert [it for it, _ in log['val']] == [3, 6] and set(log['val'][0][1]['noise25']) == {'psnr', 'ssim'}
     assert list((tmp_path / 'tb_logger' / 'child').glob('events.out.tfevents.*'))
 

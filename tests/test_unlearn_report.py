@@ -1,5 +1,4 @@
 """Unlearning report: numbers from known per-degradation scores, seeds and noise floor, files written, clear errors."""
-import importlib.util
 import json
 
 import numpy as np
@@ -9,7 +8,7 @@ import yaml
 from basicsr.archs import build_network
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.utils import tensor2img
-from helpers import ROOT, run_tool, write_noisy_pairs, write_yaml
+from helpers import load_tool, run_tool, write_noisy_pairs, write_yaml
 from scipy.stats import ks_2samp
 
 from basicsr_unlearn.checkpoint import load_checkpoint
@@ -294,6 +293,9 @@ def _tool_workspace(tmp_path):
         net = build_network(dict(opt['network_g']))
         folder = _experiment(tmp_path / 'experiments', name, wall, [20.0, 21.0, 21.5, 21.6], stop)
         torch.save({'params': net.state_dict()}, folder / 'models' / 'net_g_latest.pth')
+    step = tmp_path / 'experiments' / 'step'  # a short run of the reference's YAML beside the methods: 50 s/iter
+    step.mkdir()
+    (step / 'train_log.json').write_text(json.dumps({'wall_time_s': 600.0, 'iter': 10, 'step_time_s': 50.0}))
     return write_yaml(tmp_path / 'test.yml', opt), opt
 
 
@@ -323,7 +325,8 @@ def test_tool_writes_matching_report(tmp_path):
     result = run_tool('unlearn_report.py', ['--opt', opt_path, '--original', str(exp / 'orig'), '--reference',
                                             str(exp / 'ref'), '--reference', str(exp / 'ref_s1'), '--method',
                                             f'ga={exp / "ga"}', '--method', f'ga={exp / "ga_s1"}', '--relearn-seed',
-                                            '3', '--forget', 'haze', '--out', 'results/unlearn'], cwd=tmp_path)
+                                            '3', '--retrain-step-time', str(exp / 'step'), '--forget', 'haze',
+                                            '--out', 'results/unlearn'], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     out = tmp_path / 'results' / 'unlearn'
     report = json.loads((out / 'report.json').read_text())
@@ -364,7 +367,10 @@ def test_tool_writes_matching_report(tmp_path):
     assert ga['std']['forget_gap_db'] == pytest.approx(np.std(gaps, ddof=1))
     assert ga['mia_calibrated']['auc'] == pytest.approx(np.mean(aucs))
     assert report['noise_floor']['forget_gap_db'] == pytest.approx(abs(ref2['psnr']['haze'] - ref['psnr']['haze']))
-    assert ga['cost_ratio'] == pytest.approx(42 / 800) and ga['wall_time_s'] == pytest.approx(42.0)
+    # cost: the methods' wall time over the reference's 4 iterations x the 50 s step time of the step-time run
+    assert ref['wall_time_s'] == pytest.approx(200.0) and ref2['wall_time_s'] == pytest.approx(200.0)
+    assert ga['cost_ratio'] == pytest.approx(42 / 200) and ga['wall_time_s'] == pytest.approx(42.0)
+    assert f"reference's iterations x 50.000 s, the median step time of {exp / 'step'}" in report['cost_basis']
     # the relearning attack on the reference, re-run here: first 2 member pairs, the report's settings
     net, _, _ = _restore_all(opt, exp / 'ref' / 'models' / 'net_g_latest.pth')
     members_opt = {**opt['datasets']['test_2'], 'phase': 'test', 'scale': 1}
@@ -387,7 +393,8 @@ def test_tool_writes_matching_report(tmp_path):
     text = (out / 'report.md').read_text()
     for section in ('## Gaps to the retrained reference', '## Membership inference on haze',
                     '## Distance to retraining on held-out haze', '## Relearning attack', 'No-membership level',
-                    '(mia_roc.png)', '(relearning_curves.png)', '| ga [2 seeds] (oracle stop) |'):
+                    '(mia_roc.png)', '(relearning_curves.png)', '| ga [2 seeds] (oracle stop) |',
+                    "Cost: training wall time of each method over the first reference's iterations x 50.000 s"):
         assert section in text
     assert text.rstrip().endswith('(forget_gap_vs_retain_change.png)')
     assert 'Report:' in result.stdout
@@ -398,7 +405,7 @@ def test_tool_errors(tmp_path):
     exp = tmp_path / 'experiments'
     base = ['--opt', opt_path, '--original', str(exp / 'orig'), '--reference', str(exp / 'ref'), '--out',
             str(tmp_path / 'out')]
-    tool = _load_tool()
+    tool = load_tool('unlearn_report', 'unlearn_report_tool')
     with pytest.raises(SystemExit, match=r'--method ga ga: checkpoint .*nowhere.pth does not exist'):
         tool.main([*base, '--forget', 'haze', '--method', f'ga={exp / "ga"},{tmp_path / "nowhere.pth"}'])
     with pytest.raises(SystemExit, match="--forget: unknown 'hazy'; expected one of noise15"):
@@ -409,14 +416,14 @@ def test_tool_errors(tmp_path):
         tool.main([*base, '--forget', 'haze', '--relearn-pairs', '9'])
     with pytest.raises(SystemExit, match=r'relearn.steps: expected increasing step budgets'):
         tool.main([*base, '--forget', 'haze', '--relearn-steps', '5,2'])
+    with pytest.raises(SystemExit, match=r'--retrain-step-time: .*orig2.train_log.json does not exist; expected the '
+                                         r'experiment folder of a short training run'):
+        tool.main([*base, '--forget', 'haze', '--retrain-step-time', str(exp / 'orig2')])
+    with pytest.raises(SystemExit, match=r'--retrain-step-time: .*orig.train_log.json: expected a positive '
+                                         r'"step_time_s" .*got None'):
+        tool.main([*base, '--forget', 'haze', '--retrain-step-time', str(exp / 'orig')])
     bad = write_yaml(tmp_path / 'bad.yml', {**opt, 'relearn': {'stepz': [1]}})
     with pytest.raises(SystemExit, match=r"bad.yml: relearn: unknown key 'stepz'.*did you mean 'steps'"):
         tool.main([*base[:0], '--opt', bad, *base[2:], '--forget', 'haze'])
     assert not (tmp_path / 'out').exists()
 
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location('unlearn_report_tool', ROOT / 'tools' / 'unlearn_report.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

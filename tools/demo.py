@@ -18,6 +18,10 @@ installed into `experiments/<name>/` instead of trained (still after the `data` 
 reads), after checking the checkpoint's sha256 and that its training YAML (with the seed overrides) still merges to
 the options it was trained from. Every unlearning method runs with seeds 0, 1, 2: seed 0 is its YAML as it is, seed k
 adds `--force_yml manual_seed=k datasets:train:seed=k name=<name>_seed<k>`.
+
+Cost: per forgotten type a short run of the reference's training YAML (`step_time_wo_<type>`, 50 iterations) runs
+beside the other stages; the report times retraining as the reference's iterations x that run's median step, so that
+both sides of the cost ratio are measured in this run, also when the references were installed.
 """
 import argparse
 import copy
@@ -48,6 +52,7 @@ FORGET_TYPES = ('haze', 'rain')
 UNLEARN_DATA = {'haze': 'demo3', 'rain': 'demo3-forget-rain'}  # option files unlearn_<ARCH>_<data>_<stem>_*.yml
 REFERENCE_SEEDS = (0, 1)
 METHOD_SEEDS = (0, 1, 2)
+STEP_TIME_ITERS = 50  # iterations of the runs that time a retraining step beside the methods
 UNLEARN_METHODS = {  # report name -> its training stages (option file stems), run in order, each stage once
     'ga_adv': ['ga-adv'],
     'ga_adv_oracle_stop': ['ga-adv-oracle'],  # the same run stopped by the retrained model: labelled, for comparison
@@ -262,6 +267,19 @@ def adapted_override(option_file: Path, previous: Stage, seed: int) -> tuple[str
     return (f'path:pretrain_network_adapted={expected}',)
 
 
+def step_time_stage(forget: str) -> Stage:
+    """`STEP_TIME_ITERS` iterations of the reference's training YAML (no validation or checkpoint on the way): its
+    median step time, measured beside the methods, times the retraining in the report."""
+    option_file = find_option('train', f'train_{ARCH}_demo3-wo-{forget}_l1')
+    name = f'step_time_wo_{forget}'
+    force = [f'train:total_iter={STEP_TIME_ITERS}', f'name={name}', f'val:val_freq={STEP_TIME_ITERS + 1}',
+             f'logger:save_checkpoint_freq={STEP_TIME_ITERS + 1}']
+    return Stage(name, [sys.executable, 'tools/train.py', '-opt', str(option_file.relative_to(ROOT)), '--force_yml',
+                        *force], [option_file],
+                 [Path('experiments') / name / f for f in ('models/net_g_latest.pth', 'train_log.json')],
+                 ['data'])
+
+
 def data_stage() -> Stage:
     return Stage('data', [sys.executable, 'tools/prepare_demo_data.py', '--out', 'datasets/demo', '--lmdb'],
                  outputs=[Path('datasets/demo/manifest.json')])
@@ -274,6 +292,7 @@ def build_stages(shipped: dict[str, dict] | None = None, folder: Path = SHIPPED)
     study_opt = find_option('distill', f'asvp-study_{ARCH}_demo3')
     stages = [data_stage(), *base_stages(shipped or {}, folder)]
     runs = {s.name: s.run_dir for s in stages[1:]}
+    stages += [step_time_stage(forget) for forget in FORGET_TYPES]
     study = Stage('asvp_study', [
         sys.executable, 'tools/asvp_study.py', '--quick', '--opt', str(study_opt.relative_to(ROOT)),
         '--teacher', str(runs['original'] / 'models' / 'net_g_latest.pth'), '--out', str(OUT / 'asvp'),
@@ -288,7 +307,8 @@ def build_stages(shipped: dict[str, dict] | None = None, folder: Path = SHIPPED)
             sys.executable, 'tools/unlearn_report.py', '--opt', str(test_opt.relative_to(ROOT)),
             '--original', str(runs['original']), *(a for r in references for a in ('--reference', str(runs[r]))),
             '--forget', forget, '--out', str(OUT / f'unlearn_{forget}'), *methods,
-        ], [test_opt], [OUT / f'unlearn_{forget}' / 'report.md'], ['original', *references,
+            '--retrain-step-time', str(Path('experiments') / f'step_time_wo_{forget}'),
+        ], [test_opt], [OUT / f'unlearn_{forget}' / 'report.md'], ['original', *references, f'step_time_wo_{forget}',
                                                                    *(s.name for s in unlearning)]))
     return stages
 

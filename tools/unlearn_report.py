@@ -7,24 +7,35 @@ Usage:
         --reference experiments/train_promptir-tiny_demo3-wo-haze_l1_2kit_seed1 \\
         --method ga_adv=experiments/unlearn_ga-adv_s0,experiments/unlearn_ga-adv_s1,experiments/unlearn_ga-adv_s2 \\
         --method adapt_then_unlearn=experiments/adapt+experiments/repulse \\
-        --forget haze --out results/unlearn_haze [--relearn-pairs 4 --relearn-steps 10,25,50 --relearn-lr 2e-4]
+        --forget haze --out results/unlearn_haze [--relearn-pairs 4 --relearn-steps 10,25,50 --relearn-lr 2e-4] \\
+        [--retrain-step-time experiments/step_time_wo_haze]
 
 A model is a checkpoint ``.pth`` or an experiment folder (``models/net_g_latest.pth``, ``train_log.json`` for the
 wall time, the saved option YAML for the oracle-stop label); ``+`` joins the stages of a multi-stage method; ``,``
 (or repeating ``--method`` with the same NAME) gives the seeds of a method. The first ``--reference`` is the yardstick
 of every gap; a second one (another retraining seed) gives the noise floor. The relearning attack's settings come
 from the option file's ``relearn:`` block (keys pairs, steps, lr, seed, patch), overridden by the flags;
-``--relearn-pairs 0`` skips the attack. Writes ``report.json``, ``report.md`` and PNG charts.
+``--relearn-pairs 0`` skips the attack. Cost is each method's training wall time over the first reference's; with
+``--retrain-step-time RUN`` (a short run of the reference's training YAML beside the methods, e.g. shipped references
+trained elsewhere) the reference's time is its iterations × that run's median step time. Writes ``report.json``,
+``report.md`` and PNG charts.
 """
 import argparse
 import sys
+from dataclasses import replace
 
 from tqdm import tqdm
 
 import basicsr_unlearn  # noqa: F401  (torchvision alias before basicsr)
 from basicsr_unlearn.config import check_keys, load_options
 from basicsr_unlearn.data.degradation_names import check_name
-from basicsr_unlearn.evaluation.model_specs import resolve_model, resolve_runs, training_curves
+from basicsr_unlearn.evaluation.model_specs import (
+    measured_step_time,
+    resolve_model,
+    resolve_runs,
+    retraining_time,
+    training_curves,
+)
 from basicsr_unlearn.evaluation.relearning_attack import RelearnOptions
 from basicsr_unlearn.evaluation.unlearning_markdown import main_table, write_report
 from basicsr_unlearn.evaluation.unlearning_report import build_report, evaluate_models
@@ -77,6 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--out', required=True, help='output folder, e.g. results/unlearn_haze')
     parser.add_argument('--y-channel', action='store_true', help='PSNR/SSIM on the Y channel (default RGB)')
     parser.add_argument('--crop-border', type=int, default=0, help='pixels cropped at each border for metrics')
+    parser.add_argument('--retrain-step-time', metavar='RUN',
+                        help="experiment folder of a short run of the reference's training YAML made beside the "
+                             "methods: a reference's cost becomes its iterations x that run's median step time")
     relearn = parser.add_argument_group('relearning attack (defaults: the option file\'s relearn block, else 4 '
                                         'pairs, 10,25,50 steps, lr 2e-4, seed 0, 48-px crops)')
     relearn.add_argument('--relearn-pairs', type=int, help='k forgotten-type pairs fine-tuned on; 0 skips the attack')
@@ -99,12 +113,19 @@ def main(argv: list[str] | None = None) -> None:
             specs += resolve_runs(name, 'method', runs, f'--method {name}')
         opt = load_options(args.opt)
         relearn_opts = relearn_options(opt, args, args.opt)
+        step = args.retrain_step_time and measured_step_time(args.retrain_step_time, '--retrain-step-time')
         scores = evaluate_models(opt, specs, args.forget, y_channel=args.y_channel, crop_border=args.crop_border,
                                  where=args.opt, relearn=relearn_opts,
                                  progress=lambda runs: tqdm(runs, desc='evaluating checkpoints', unit='model'))
     except (ValueError, FileNotFoundError, KeyError) as error:
         sys.exit(f'unlearn_report: {error}')
-    report = build_report(scores, args.forget, 'Y' if args.y_channel else 'RGB', relearn_opts)
+    cost_basis = 'training wall time of each method over that of the first reference (train_log.json)'
+    if step:
+        retrain = {s.name: retraining_time(s, step) for s in specs if s.role == 'reference'}
+        scores = [replace(s, wall_time_s=retrain[s.name]) if s.role == 'reference' else s for s in scores]
+        cost_basis = (f'training wall time of each method over the first reference\'s iterations x {step:.3f} s, the '
+                      f'median step time of {args.retrain_step_time} (its training YAML, run beside the methods)')
+    report = build_report(scores, args.forget, 'Y' if args.y_channel else 'RGB', relearn_opts, cost_basis)
     md_path = write_report(report, args.out, training_curves(specs))
     print(f'{main_table(report)}\nReport: {md_path}')
 

@@ -1,5 +1,8 @@
 """The models of an unlearning report: checkpoints, seeds, training stages, wall times and oracle-stop labels.
 
+The cost of a model is its training wall time; a reference's may instead be its iterations × a step time measured
+beside the methods (:func:`retraining_time`), so that both sides of the cost ratio are timed on one machine.
+
 A model spec on the command line is a checkpoint ``.pth`` or an experiment folder (``experiments/<name>``, whose
 ``models/net_g_latest.pth`` is used); ``+`` joins the stages of a multi-stage method (wall times add up, the last
 stage's checkpoint is scored); ``,`` separates the seeds of one method (every figure is then mean ± std over them).
@@ -140,3 +143,24 @@ def wall_time(spec: ModelSpec) -> float | None:
     if len(spec.train_logs) != spec.stages:
         return None
     return float(sum(read_train_log(p)['wall_time_s'] for p in spec.train_logs))
+
+
+def measured_step_time(folder: str | os.PathLike, where: str) -> float:
+    """The median seconds per iteration (``step_time_s`` of its ``train_log.json``) of the run in ``folder``."""
+    path = Path(folder) / 'train_log.json'
+    if not path.is_file():
+        raise FileNotFoundError(f'{where}: {path} does not exist; expected the experiment folder of a short training '
+                                'run (tools/train.py) made on this machine')
+    step = read_train_log(path).get('step_time_s')
+    if not isinstance(step, (int, float)) or step <= 0:
+        raise ValueError(f'{where}: {path}: expected a positive "step_time_s" (AllInOneModel writes it after two '
+                         f'iterations); got {step!r}')
+    return float(step)
+
+
+def retraining_time(spec: ModelSpec, step_time_s: float) -> float | None:
+    """Seconds the training of ``spec`` takes at ``step_time_s`` per iteration (its iterations over all stages), or
+    ``None`` when a stage has no training log."""
+    if len(spec.train_logs) != spec.stages:
+        return None
+    return step_time_s * sum(read_train_log(p)['iter'] for p in spec.train_logs)

@@ -227,7 +227,8 @@ def render_markdown(report: dict, curves: dict[str, dict]) -> str:
              'could get at deletion time.',
              f'Targets: forget gap ≤ {TARGETS["forget_gap_db"]} dB, every retained type at most '
              f'{TARGETS["retain_drop_db"]} dB below the original, cost ≤ {TARGETS["cost_ratio"]:.0%} of retraining; '
-             f'goals {GOALS["forget_gap_db"]} dB / {GOALS["retain_drop_db"]} dB / {GOALS["cost_ratio"]:.0%}.\n',
+             f'goals {GOALS["forget_gap_db"]} dB / {GOALS["retain_drop_db"]} dB / {GOALS["cost_ratio"]:.0%}.',
+             f'Cost: {report["cost_basis"]}.\n',
              *_gap_section(report),
              f'## SSIM per degradation ({space})\n',
              markdown_table(['model', *degs], [[label(m), *[plus_minus_at(m, 'ssim', d, fmt='.4f') for d in degs]]

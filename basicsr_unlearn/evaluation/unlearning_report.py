@@ -311,7 +311,8 @@ def attack_verdicts(row: dict, floor: dict | None, mia_band: float) -> dict[str,
 
 
 def build_report(scores: list[ModelScores], forget: str, metric_space: str,
-                 relearn: RelearnOptions | None = None) -> dict:
+                 relearn: RelearnOptions | None = None,
+                 cost_basis: str = "training wall time over the reference's") -> dict:
     """Compute every figure per run, aggregate seeds, the noise floor and the target checks (JSON-ready).
 
     Args:
@@ -320,11 +321,12 @@ def build_report(scores: list[ModelScores], forget: str, metric_space: str,
         forget: the forgotten degradation.
         metric_space: ``'RGB'`` or ``'Y'``; stored with every number.
         relearn: the relearning attack's settings when ``scores`` carry recovery curves.
+        cost_basis: how ``cost_ratio`` was timed (stored, and printed in the markdown).
 
     Returns:
         ``{'forget', 'metric_space', 'degradations', 'retained', 'targets', 'goals', 'reference', 'noise_floor',
-        'mia_null_band', 'ks_alpha', 'relearn', 'roc_fpr', 'models': [...]}``; each model row holds the mean of
-        every figure of :func:`_run_entry` at its key (``psnr``, ``forget_gap_db``, ``mia``, ``mia_calibrated``,
+        'mia_null_band', 'ks_alpha', 'relearn', 'roc_fpr', 'cost_basis', 'models': [...]}``; each model row holds the
+        mean of every figure of :func:`_run_entry` at its key (``psnr``, ``forget_gap_db``, ``mia``, ``mia_calibrated``,
         ``distance``, ``forget_quality``, ``relearn``, ...), ``std`` (same shape), ``seeds`` (every run),
         ``n_seeds``, ``oracle_stop``, ``attacks`` (:func:`attack_verdicts`; all but the first reference), and for
         methods ``meets`` (``'goal'``, ``'target'`` or ``'no'``) with
@@ -365,5 +367,5 @@ def build_report(scores: list[ModelScores], forget: str, metric_space: str,
               'reference': references[0].name, 'noise_floor': floor, 'mia_null_band': mia_band, 'ks_alpha': KS_ALPHA,
               'relearn': None if relearn is None else {**vars(relearn), 'steps': steps, 'curve_steps': [0, *steps],
                                                        'target_db': original.per_degradation[forget]['psnr']},
-              'roc_fpr': list(ROC_FPR), 'models': models}
+              'roc_fpr': list(ROC_FPR), 'cost_basis': cost_basis, 'models': models}
     return report

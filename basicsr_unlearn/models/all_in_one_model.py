@@ -4,8 +4,9 @@ On top of BasicSR's ``SRModel`` it adds: Adam/AdamW/SGD; L1 pixel loss when ``tr
 CPU (no ``device_ids``); ``restore(lq)`` = eval-mode inference (EMA net if present) with pad-to-multiple / crop-back
 and optional tiling; batches' ``de_name``/``role`` kept; validation metrics per degradation (BasicSR's
 ``val.metrics`` blocks through its ``METRIC_REGISTRY``, PSNR/SSIM by default), sharded over ranks;
-atomic checkpoints of plain types; ``experiments/<name>/train_log.json`` (wall time, loss and validation curves);
-``train: {amp: {dtype: bf16|fp16}, channels_last: true}`` on CUDA (:mod:`basicsr_unlearn.precision`; ignored on CPU).
+atomic checkpoints of plain types; ``experiments/<name>/train_log.json`` (wall time, median step time, loss and
+validation curves); ``train: {amp: {dtype: bf16|fp16}, channels_last: true}`` on CUDA
+(:mod:`basicsr_unlearn.precision`; ignored on CPU).
 
 Subclasses (UnlearnModel, DistillModel) override :meth:`init_training_settings` and :meth:`optimize_parameters`
 (using ``self.precision`` for autocast, backward and step); they put their summed objective in
@@ -17,6 +18,7 @@ test_y_channel, crop_border, metrics: {<name>: {type, **kwargs}}}`` (``test_y_ch
 default PSNR/SSIM; with ``metrics`` each block says its own).
 """
 import json
+import statistics
 import time
 from collections import OrderedDict
 from os import path as osp
@@ -54,6 +56,8 @@ class AllInOneModel(SRModel):
         self.check_options(opt)
         self._wall_time = 0.0
         self._mark = time.perf_counter()
+        self._step_start: float | None = None  # when the current iteration began (one update_learning_rate call)
+        self._step_seconds: list[float] = []  # full iterations (data, step, logging, any validation) seen so far
         self.current_iter = 0
         self.last_metrics: dict = {}
         train = opt.get('train') if opt.get('is_train') else None
@@ -181,10 +185,14 @@ class AllInOneModel(SRModel):
 
     # ---------------------------------------------------------------- training bookkeeping
     def update_learning_rate(self, current_iter: int, warmup_iter: int = -1) -> None:
-        """BasicSR's LR update (called once per iteration); also tracks the iteration and training wall time."""
+        """BasicSR's LR update (called once per iteration); also tracks the iteration, the training wall time and the
+        seconds between consecutive calls (one full iteration each)."""
         now = time.perf_counter()
         self._wall_time += now - self._mark
         self._mark = now
+        if self._step_start is not None:
+            self._step_seconds.append(now - self._step_start)
+        self._step_start = now
         self.current_iter = current_iter
         super().update_learning_rate(current_iter, warmup_iter)
 
@@ -196,8 +204,10 @@ class AllInOneModel(SRModel):
 
     @master_only
     def write_train_log(self) -> None:
-        """Write ``train_log.json`` atomically (rank 0)."""
+        """Write ``train_log.json`` atomically (rank 0); ``step_time_s`` is the median iteration of this process (no
+        start-up, validations and checkpoints only in the rare slow iterations), ``None`` before two iterations."""
         self.train_log['wall_time_s'] = round(self._wall_time, 3)
+        self.train_log['step_time_s'] = round(statistics.median(self._step_seconds), 5) if self._step_seconds else None
         self.train_log['iter'] = self.current_iter
         write_json(self.train_log_path, self.train_log)
 
@@ -208,6 +218,7 @@ class AllInOneModel(SRModel):
         self.precision.load_state_dict(resume_state.get('grad_scaler', {}))
         self._wall_time = float(resume_state.get('wall_time_s', 0.0))
         self._mark = time.perf_counter()
+        self._step_start = None
         self.current_iter = resume_state['iter']
         if osp.isfile(self.train_log_path):
             with open(self.train_log_path) as f:
