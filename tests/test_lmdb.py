@@ -1,5 +1,4 @@
 """LMDB tooling: BasicSR-format round trip and interop, atomic writes, bad input, forked and spawned workers."""
-import importlib.util
 import os
 import pickle
 import shutil
@@ -14,16 +13,14 @@ import numpy as np
 import pytest
 import torch
 from basicsr.data import build_dataset
-from helpers import PYTHON, ROOT, tool_env
+from helpers import PYTHON, ROOT, load_tool, tool_env
 from torch.utils.data import ConcatDataset, DataLoader
 
 from basicsr_unlearn.data import lmdb_backend
 from basicsr_unlearn.data.image_io import list_images, read_image
 from basicsr_unlearn.data.lmdb_backend import LmdbReader, check_lmdb, read_labels, write_lmdbs
 
-spec = importlib.util.spec_from_file_location('create_lmdb', ROOT / 'tools' / 'create_lmdb.py')
-create_lmdb = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(create_lmdb)
+create_lmdb = load_tool('create_lmdb', 'create_lmdb')
 
 
 def pairs_with_dotted_name(src: Path, dst: Path) -> Path:
