@@ -138,11 +138,16 @@ def reference_stage(forget: str, seed: int) -> str:
     return f'retrain_wo_{forget}' + (f'_seed{seed}' if seed else '')
 
 
+def reference_option(forget: str) -> Path:
+    """The training YAML of the model retrained without `forget`."""
+    return find_option('train', f'train_{ARCH}_demo3-wo-{forget}_l1')
+
+
 def base_runs() -> list[tuple[str, Path, int]]:
     """`(stage name, training option file, seed)` of every base model: the original, each reference at 2 seeds."""
     runs = [('original', find_option('train', f'train_{ARCH}_demo3_l1'), 0)]
     for forget in FORGET_TYPES:
-        option_file = find_option('train', f'train_{ARCH}_demo3-wo-{forget}_l1')
+        option_file = reference_option(forget)
         runs += [(reference_stage(forget, seed), option_file, seed) for seed in REFERENCE_SEEDS]
     return runs
 
@@ -270,7 +275,7 @@ def adapted_override(option_file: Path, previous: Stage, seed: int) -> tuple[str
 def step_time_stage(forget: str) -> Stage:
     """`STEP_TIME_ITERS` iterations of the reference's training YAML (no validation or checkpoint on the way): its
     median step time, measured beside the methods, times the retraining in the report."""
-    option_file = find_option('train', f'train_{ARCH}_demo3-wo-{forget}_l1')
+    option_file = reference_option(forget)
     name = f'step_time_wo_{forget}'
     force = [f'train:total_iter={STEP_TIME_ITERS}', f'name={name}', f'val:val_freq={STEP_TIME_ITERS + 1}',
              f'logger:save_checkpoint_freq={STEP_TIME_ITERS + 1}']

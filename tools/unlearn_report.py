@@ -38,7 +38,7 @@ from basicsr_unlearn.evaluation.model_specs import (
 )
 from basicsr_unlearn.evaluation.relearning_attack import RelearnOptions
 from basicsr_unlearn.evaluation.unlearning_markdown import main_table, write_report
-from basicsr_unlearn.evaluation.unlearning_report import build_report, evaluate_models
+from basicsr_unlearn.evaluation.unlearning_report import WALL_TIME_BASIS, build_report, evaluate_models
 
 RELEARN_TYPES = {'pairs': int, 'steps': lambda v: tuple(int(b) for b in v), 'lr': float, 'seed': int, 'patch': int}
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
                                  progress=lambda runs: tqdm(runs, desc='evaluating checkpoints', unit='model'))
     except (ValueError, FileNotFoundError, KeyError) as error:
         sys.exit(f'unlearn_report: {error}')
-    cost_basis = 'training wall time of each method over that of the first reference (train_log.json)'
+    cost_basis = WALL_TIME_BASIS
     if step:
         retrain = {s.name: retraining_time(s, step) for s in specs if s.role == 'reference'}
         scores = [replace(s, wall_time_s=retrain[s.name]) if s.role == 'reference' else s for s in scores]

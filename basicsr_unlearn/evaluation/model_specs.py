@@ -138,11 +138,16 @@ def training_curves(specs: list[ModelSpec]) -> dict[str, dict]:
             if s.role in ('original', 'reference') and s.train_logs}
 
 
-def wall_time(spec: ModelSpec) -> float | None:
-    """Total training seconds over all stages of a model, or ``None`` when a stage has no training log."""
+def _stage_total(spec: ModelSpec, key: str) -> float | None:
+    """The sum of ``key`` over the ``train_log.json`` of every stage, or ``None`` when a stage has no log."""
     if len(spec.train_logs) != spec.stages:
         return None
-    return float(sum(read_train_log(p)['wall_time_s'] for p in spec.train_logs))
+    return float(sum(read_train_log(p)[key] for p in spec.train_logs))
+
+
+def wall_time(spec: ModelSpec) -> float | None:
+    """Total training seconds over all stages of a model, or ``None`` when a stage has no training log."""
+    return _stage_total(spec, 'wall_time_s')
 
 
 def measured_step_time(folder: str | os.PathLike, where: str) -> float:
@@ -161,6 +166,5 @@ def measured_step_time(folder: str | os.PathLike, where: str) -> float:
 def retraining_time(spec: ModelSpec, step_time_s: float) -> float | None:
     """Seconds the training of ``spec`` takes at ``step_time_s`` per iteration (its iterations over all stages), or
     ``None`` when a stage has no training log."""
-    if len(spec.train_logs) != spec.stages:
-        return None
-    return step_time_s * sum(read_train_log(p)['iter'] for p in spec.train_logs)
+    iters = _stage_total(spec, 'iter')
+    return None if iters is None else step_time_s * iters
