@@ -85,6 +85,15 @@ def test_best_points_respect_the_teacher_budget_and_average_over_attacks():
     assert study.best_points(cells, 'restormer-tiny', max_teacher_change=-1)['best'] is None
 
 
+def test_unknown_attack_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / 'asvp'
+    proc = run_tool('asvp_study.py', ['--opt', str(ROOT / 'options/distill/asvp-study_promptir-tiny_demo3.yml'),
+                                      '--attacks', 'feat,fgsm', '--out', str(out)], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert '--attacks: unknown fgsm; expected a comma-separated subset of out, feat,' in proc.stderr
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_quick_study_writes_report(demo_root, tmp_path):
     cwd = demo_root.parents[1]
@@ -109,6 +118,7 @@ def test_quick_study_writes_report(demo_root, tmp_path):
         assert [it for it, _ in r['curve']] == [1, 2, 3, 4, 5] and isinstance(r['converged'], bool)
     for c in report['cells']:
         assert set(c['drop_per_task']) == tasks
+        assert [it for it, _ in c['drop_curve']] == [1, 2, 3, 4, 5]
         if c['derived_from_clean'] or c['defence'] == 'clean':
             assert c['drop_mean'] == 0
     assert report['best']['best']['defence'] in report['defences']
