@@ -147,6 +147,9 @@ def main() -> None:
     overrides = {k: parse_value(v) for k, v in (item.split('=', 1) for item in args.cfg_options)}
     opt = load_options(args.opt, overrides)
     train_opt, data_opt = opt['train'], opt['datasets']['train']
+    pixel = train_opt.get('pixel_opt', {}).get('type', 'L1Loss')
+    if pixel != 'L1Loss':
+        raise ValueError(f"{args.opt}: train.pixel_opt.type: this diagnosis trains with L1 only, got {pixel!r}")
     iters = args.iters or train_opt['total_iter']
     torch.manual_seed(opt.get('manual_seed', 0))
     net = build_network(dict(opt['network_g']))
