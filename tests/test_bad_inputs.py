@@ -8,12 +8,13 @@ import copy
 import os
 import re
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from basicsr.archs.edsr_arch import EDSR
-from helpers import run_tool, tiny_train_options, write_noisy_pairs, write_yaml
+from helpers import PYTHON, ROOT, run_tool, tiny_train_options, tool_env, write_noisy_pairs, write_yaml
 
 from basicsr_unlearn import experiment_lock
 from basicsr_unlearn.checkpoint import load_checkpoint
@@ -348,3 +349,26 @@ def test_second_run_on_a_live_name_is_refused_and_archives_nothing(workspace: Pa
                      r'started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d', proc.stderr), proc.stderr[-2000:]
     assert (folder / 'models' / 'net_g_2.pth').read_bytes() == b'first run'
     assert [p.name for p in folder.parent.iterdir() if not p.name.startswith('.')] == ['tiny']  # nothing archived
+
+
+STUDY_CASES = {  # script, its arguments ({tmp}: the test folder), expected stderr; nothing under {tmp}/out appears
+    'asvp_study: unknown attack': (
+        'tools/asvp_study.py', ['--opt', str(ROOT / 'options/distill/asvp-study_promptir-tiny_demo3.yml'),
+                                '--attacks', 'feat,fgsm', '--out', '{tmp}/out'],
+        '--attacks: unknown fgsm; expected a comma-separated subset of out, feat,'),
+    'base_diagnosis: a loss it does not train': (
+        'bench/base_diagnosis.py', ['-opt', '{tmp}/mse.yml', '--log', '{tmp}/out'],
+        "train.pixel_opt.type: this diagnosis trains with L1 only, got 'MSELoss'"),
+}
+
+
+@pytest.mark.parametrize('case', list(STUDY_CASES))
+def test_study_tool_refuses_bad_input_before_writing(tmp_path: Path, case: str) -> None:
+    script, args, message = STUDY_CASES[case]
+    (tmp_path / 'mse.yml').write_text(f"_base_: [{ROOT / 'options/train/train_promptir-tiny_demo3_l1_2kit.yml'}]\n"
+                                      "train:\n  pixel_opt: {type: MSELoss, loss_weight: 1.0}\n")
+    proc = subprocess.run([PYTHON, str(ROOT / script), *(a.format(tmp=tmp_path) for a in args)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env=tool_env())
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / 'out').exists()

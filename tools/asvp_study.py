@@ -269,6 +269,7 @@ def summarise(rows: list[dict], defences: dict, teacher_clean: dict) -> list[dic
         drops = [mean_psnr(clean[student, attack, r['seed']]['metrics']) - mean_psnr(r['metrics']) for r in runs]
         curve_drops = [[c - p for (_, c), (_, p) in zip(clean[student, attack, r['seed']]['curve'], r['curve'],
                                                         strict=True)] for r in runs]
+        iterations = [it for it, _ in runs[0]['curve']]
         psnrs = [mean_psnr(r['metrics']) for r in runs]
         teacher = defences.get(label, {}).get('teacher', teacher_clean)
         out.append({
@@ -278,7 +279,7 @@ def summarise(rows: list[dict], defences: dict, teacher_clean: dict) -> list[dic
             'drop_mean': statistics.fmean(drops), 'drop_std': std(drops),
             'drop_per_task': {t: statistics.fmean(clean[student, attack, r['seed']]['metrics'][t]['psnr']
                                                   - r['metrics'][t]['psnr'] for r in runs) for t in teacher_clean},
-            'drop_curve': [(it, statistics.fmean(d)) for (it, _), *d in zip(runs[0]['curve'], *curve_drops)],
+            'drop_curve': [(it, statistics.fmean(d)) for it, d in zip(iterations, zip(*curve_drops), strict=True)],
             'converged': sum(r['converged'] for r in runs), 'derived_from_clean': runs[0]['derived_from_clean']})
     return out
 
