@@ -68,6 +68,27 @@ def test_center_crop_cuts_lq_and_gt_alike_and_keeps_small_images():
     assert study.CenterCrop(items, 0)[0]['lq'].shape == (3, 10, 12)
 
 
+def test_stored_answers_crop_the_image_and_its_taps_alike_and_repeat_per_seed():
+    study = load_study()
+    lqs = [torch.rand(3, 24, 32, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    pool = lambda x, s: torch.nn.functional.avg_pool2d(x, s)  # noqa: E731  (a tap of stride s)
+    answers = [(2 * lq, [pool(lq, 2), pool(lq, 4)]) for lq in lqs]
+    data = study.StoredAnswers(lqs, answers, patch=8, seed=3)
+    items = [data[i % 3] for i in range(60)]
+    for item in items:  # whatever the crop and flips, each stored target is the crop's own
+        lq, answer = item['lq'], item['answers']
+        assert lq.shape == (3, 8, 8) and torch.equal(answer['output'], 2 * lq)
+        assert torch.allclose(answer['taps'][0], pool(lq, 2)) and torch.allclose(answer['taps'][1], pool(lq, 4))
+    assert len({tuple(item['lq'].flatten()[:4].tolist()) for item in items}) > 30  # crops and flips vary
+    again = study.StoredAnswers(lqs, answers, patch=8, seed=3)
+    assert all(torch.equal(item['lq'], again[i % 3]['lq']) for i, item in enumerate(items))
+    other = study.StoredAnswers(lqs, answers, patch=8, seed=4)
+    assert not all(torch.equal(item['lq'], other[i % 3]['lq']) for i, item in enumerate(items))
+    with pytest.raises(ValueError, match='--patch: 6 px must fit the 24x32 query image 0 and be a multiple of the '
+                                         'largest tap stride 4'):
+        study.StoredAnswers(lqs, answers, patch=6, seed=0)[0]
+
+
 def test_best_points_respect_the_teacher_budget_and_average_over_attacks():
     study = load_study()
     cells = [cell('clean', 'feat', 0.0),
@@ -112,5 +133,7 @@ def test_quick_study_writes_report(demo_root, tmp_path):
         assert [it for it, _ in c['drop_curve']] == [1, 2, 3, 4, 5]
         if c['derived_from_clean'] or c['defence'] == 'clean':
             assert c['drop_mean'] == 0
+    # against the exposed defence, output KD and feature KD on an unhooked layer get the clean teacher's targets
+    assert {c['attack'] for c in report['cells'] if c['derived_from_clean']} == {'out', 'unprotected-feat+out'}
     assert report['best']['best']['defence'] in report['defences']
     assert 'Converged students (val PSNR within 0.1 dB over the last 20% of iterations)' in md

@@ -89,6 +89,22 @@ def test_feature_taps_read_through_the_defence(tmp_path):
     assert error < 0.5 * (observed[0] - model.teacher_taps['body.1']).norm()
 
 
+def test_stored_teacher_targets_replace_the_teacher_forward(tmp_path):
+    lq = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    steps = []
+    for stored in (False, True):
+        torch.manual_seed(0)
+        model = build_model(parsed_options(tmp_path, 'KD'))
+        output, taps = model.teacher_targets(lq)
+        batch = {'lq': lq, **({'answers': {'output': output, 'taps': taps}} if stored else {})}
+        model.feed_data(batch)
+        if stored:  # the teacher must not run: a broken teacher would change nothing
+            model.net_teacher.register_forward_hook(lambda *args: (_ for _ in ()).throw(AssertionError('ran')))
+        model.optimize_parameters(1)
+        steps.append([p.detach().clone() for p in model.net_g.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*steps, strict=True))
+
+
 def test_bad_distill_options_are_named(tmp_path):
     from basicsr_unlearn.models.distill_model import DistillModel
 

@@ -8,18 +8,22 @@ Usage:
 teacher when ``--teacher`` is absent), the attacker's query images (``datasets.query``: photos the teacher never
 saw, checked disjoint from the train set by photo name; their GT is never used) and the evaluation sets (every other
 ``datasets`` entry, one per task). Each student (a DistillModel with a registered attack, ``basicsr_unlearn/attacks``)
-is validated every ``val_every`` iterations; it counts as converged when its mean val PSNR stays within 0.1 dB over
-its last 20% of iterations (:func:`plateau`, recorded per student). A student drop is paired by seed: the student
-distilled by the same attack, seed, initialisation and data order from the clean teacher, minus the one from the
-protected teacher; cells report mean +- std over seeds. Output-only KD against an exposed-mode defence is not
-trained: the teacher's outputs are bit-identical (checked), so it is the clean-teacher student.
+trains on random crops of the query images and of the teacher's stored targets for them (the attacker queries the
+released model once per whole image, as a thief paying per query would, and keeps what it got back: the output and
+the exposed taps, after the attack's own observation; :class:`StoredAnswers`) and is validated on 64-px crops
+(:func:`validation_points`: every ``val_every`` iterations over the last 20%, every 10% before); it counts as
+converged when its mean val PSNR stays within 0.1 dB over its last 20% of iterations (:func:`plateau`, recorded per
+student). A student drop is paired by seed: the student distilled by the same attack, seed, initialisation and crops
+from the clean teacher, minus the one from the protected teacher; cells report mean +- std over seeds. A student
+whose stored targets are bit-identical to the clean teacher's (checked: output KD, or feature KD on a layer the
+defence does not hook, against an exposed-mode defence) is not trained: it is the clean-teacher student.
 
 Presets (one BLAS thread per worker; ``--workers 2`` uses both cores):
 
 - ``--quick`` (the demo, <= 5 min): 1 seed, the shipped defence, every attack, 60 iterations (students NOT converged,
   the report says so), 64-px val crops.
-- ``--standard`` (~55 min on 2 cores with ``--workers 2``: 45 students of ~140 s, ~0.1 s per iteration at batch 4,
-  32-px patches): 3 seeds, the clean and the shipped teacher, every attack, 1200 iterations, whole val images.
+- ``--standard`` (~60 min on 2 cores with ``--workers 2``: 42 students of ~170 s, ~0.07 s per iteration at batch 4,
+  32-px patches): 3 seeds, the clean and the shipped teacher, every attack, 2400 iterations, whole val images.
 - ``--full`` (~1 day): 3 seeds, 16 defences (both layouts, both modes, latent too, the randomised block), both
   student archs, 3000 iterations.
 
@@ -73,15 +77,15 @@ class Preset:
 
     iters: int
     seeds: int
-    val_every: int
+    val_every: int  # validation interval over the last 20% (the convergence check); every 10% before that
     eval_crop: int  # centre crop (px) of val images, 0 = whole
     students: tuple[str, ...]
 
 
 PRESETS = {
     'quick': Preset(iters=60, seeds=1, val_every=10, eval_crop=64, students=('restormer-tiny',)),
-    'standard': Preset(iters=1200, seeds=3, val_every=40, eval_crop=0, students=('restormer-tiny',)),
-    'full': Preset(iters=3000, seeds=3, val_every=50, eval_crop=0, students=tuple(STUDENTS)),
+    'standard': Preset(iters=2400, seeds=3, val_every=60, eval_crop=0, students=('restormer-tiny',)),
+    'full': Preset(iters=3000, seeds=3, val_every=75, eval_crop=0, students=tuple(STUDENTS)),
 }
 
 
@@ -115,6 +119,19 @@ def attack_block(attack: str, student: str, block: dict | None) -> dict:
         'unprotected-feat+out': {'type': 'KD', 'feature_weight': 1.0,
                                  'taps': [[roles['other'], UNPROTECTED_TEACHER_TAP]]},
     }[attack]
+
+
+def validation_points(iters: int, every: int) -> list[int]:
+    """Iterations at which a student is validated: every ``every`` over the last 20% (the convergence check reads
+    them) and at the last one, every ``max(every, iters // 10)`` before that (enough for the curve drop at 50/80%).
+
+    Example:
+        >>> validation_points(100, 5)
+        [10, 20, 30, 40, 50, 60, 70, 80, 85, 90, 95, 100]
+    """
+    sparse = max(every, iters // 10)
+    return [it for it in range(1, iters + 1)
+            if it == iters or it % (every if it >= 0.8 * iters else sparse) == 0]
 
 
 def plateau(curve: list[tuple[int, float]], tail: float = 0.2, tol: float = 0.1) -> tuple[bool, float]:
@@ -162,6 +179,60 @@ class CenterCrop(Dataset):
         return item
 
 
+class StoredAnswers(Dataset):
+    """Random aligned crops of whole query images and of the teacher targets stored for them.
+
+    Each item crops ``patch`` x ``patch`` px of the image and the same region of its output and taps (a tap of
+    stride ``s`` at ``patch / s``, crop corners on multiples of the largest stride), then flips / rotates all of
+    them alike. The crops come from a generator seeded by ``seed``: two students with the same seed see the same
+    crops, whatever ran before them in the process.
+
+    Args:
+        lqs: query images, each ``(3, H, W)``.
+        answers: per image ``(output (3, H, W), [tap (C, H / s, W / s), ...])``.
+        patch: crop size (px).
+        seed: seed of the crop and augmentation sequence.
+
+    Example:
+        >>> lq = torch.rand(3, 16, 16)
+        >>> data = StoredAnswers([lq], [(2 * lq, [torch.nn.functional.avg_pool2d(lq, 2)])], patch=8, seed=0)
+        >>> item = data[0]
+        >>> item['lq'].shape, item['answers']['taps'][0].shape
+        (torch.Size([3, 8, 8]), torch.Size([3, 4, 4]))
+        >>> torch.equal(item['answers']['output'], 2 * item['lq'])
+        True
+    """
+
+    def __init__(self, lqs: list[torch.Tensor], answers: list[tuple[torch.Tensor, list[torch.Tensor]]], patch: int,
+                 seed: int) -> None:
+        self.lqs, self.answers, self.patch = lqs, answers, patch
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.lqs)
+
+    def __getitem__(self, index: int) -> dict:
+        lq, (output, taps) = self.lqs[index], self.answers[index]
+        (h, w), patch = lq.shape[-2:], self.patch
+        strides = [max(1, round(h / t.shape[-2])) for t in taps]
+        step = max([1, *strides])
+        if min(h, w) < patch or patch % step:
+            raise ValueError(f'--patch: {patch} px must fit the {h}x{w} query image {index} and be a multiple of '
+                             f'the largest tap stride {step}')
+        top, left = (step * int(torch.randint((size - patch) // step + 1, (1,), generator=self.generator))
+                     for size in (h, w))
+        flips = torch.rand(3, generator=self.generator) < 0.5  # hflip, vflip, transpose
+
+        def crop(x: torch.Tensor, stride: int) -> torch.Tensor:
+            x = x[..., top // stride:(top + patch) // stride, left // stride:(left + patch) // stride]
+            x = x.flip(-1) if flips[0] else x
+            x = x.flip(-2) if flips[1] else x
+            return x.transpose(-2, -1) if flips[2] else x
+
+        return {'lq': crop(lq, 1), 'answers': {'output': crop(output, 1),
+                                               'taps': [crop(t, s) for t, s in zip(taps, strides, strict=True)]}}
+
+
 def photo_names(block: dict) -> set[str]:
     """Photo names behind a MixedDegradationDataset block (file stems without a ``_<version>`` suffix)."""
     names = set()
@@ -192,7 +263,8 @@ def model_options(work: str, name: str, network_g: dict, is_train: bool, iters: 
     path = extra.pop('path', {})
     opt = {'name': name, 'model_type': extra.pop('model_type', 'AllInOneModel'), 'scale': 1, 'manual_seed': 0,
            'network_g': network_g, 'val': {'pad_multiple': 8},
-           'train': {'optim_g': {'type': 'AdamW', 'lr': lr, 'weight_decay': 0.0, 'betas': [0.9, 0.999]},
+           'train': {'optim_g': {'type': 'AdamW', 'lr': lr, 'weight_decay': 0.0, 'betas': [0.9, 0.999],
+                                 'foreach': True},
                      'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [iters],
                                    'eta_min': lr * eta_min_ratio},
                      'total_iter': iters, 'warmup_iter': -1, 'ema_decay': ema_decay}, **extra}
@@ -233,24 +305,47 @@ def time_pair(model, base, images: list[torch.Tensor], repeats: int = 3) -> tupl
 CONTEXT: dict = {}  # set by main() before the workers fork: data sets, loaders, teacher, preset
 
 
+def student_model(block: dict | None, student: str, attack: str, seed: int):
+    """The DistillModel of one student (seeded init) for ``attack`` against the teacher protected by ``block``."""
+    ctx = CONTEXT
+    set_random_seed(seed)
+    return build_model(model_options(
+        ctx['work'], f'student_{seed}', copy.deepcopy(STUDENTS[student][0]), True, ctx['preset'].iters,
+        **STUDENT_RECIPE, model_type='DistillModel', network_teacher=ctx['teacher_block'],
+        distill=attack_block(attack, student, block), asvp=block,
+        path={'pretrain_network_teacher': ctx['teacher_path']}))
+
+
+def stored_answers(model, lqs: list[torch.Tensor]) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+    """``model.teacher_targets`` of each whole query image ``(3, H, W)``: what the attacker keeps."""
+    answers = []
+    for lq in lqs:
+        output, taps = model.teacher_targets(lq[None])
+        answers.append((output[0], [t[0] for t in taps]))
+    return answers
+
+
+def same_answers(a: list, b: list) -> bool:
+    """Whether two :func:`stored_answers` lists are bit-identical."""
+    return all(torch.equal(x, y) for (out_a, taps_a), (out_b, taps_b) in zip(a, b, strict=True)
+               for x, y in zip([out_a, *taps_a], [out_b, *taps_b], strict=True))
+
+
 def train_student(run: tuple) -> dict:
     """Train one student (``(label, block, student, attack, seed)``) with validations; its row of the study."""
     label, block, student, attack, seed = run
     ctx, started = CONTEXT, time.perf_counter()
     torch.set_num_threads(1)
     preset: Preset = ctx['preset']
-    set_random_seed(seed)
-    model = build_model(model_options(
-        ctx['work'], f'student_{seed}', copy.deepcopy(STUDENTS[student][0]), True, preset.iters, **STUDENT_RECIPE,
-        model_type='DistillModel', network_teacher=ctx['teacher_block'],
-        distill=attack_block(attack, student, block), asvp=block,
-        path={'pretrain_network_teacher': ctx['teacher_path']}))
-    stream, curve = batches(ctx['query_set'], ctx['batch'], seed=seed), []
+    model = student_model(block, student, attack, seed)
+    queries = StoredAnswers(ctx['query_images'], ctx['answers'][label, student, attack], ctx['patch'], seed)
+    stream, curve = batches(queries, ctx['batch'], seed=seed), []
+    points = set(validation_points(preset.iters, preset.val_every))
     for it in range(1, preset.iters + 1):
         model.update_learning_rate(it, -1)
         model.feed_data(next(stream))
         model.optimize_parameters(it)
-        if it % preset.val_every == 0 or it == preset.iters:
+        if it in points:
             curve.append((it, mean_psnr(per_task(model, ctx['curve_loader']))))
     converged, spread = plateau(curve)
     return {'defence': label, 'student': student, 'attack': attack, 'seed': seed, 'derived_from_clean': False,
@@ -392,6 +487,9 @@ def main() -> None:  # noqa: C901  (one linear script)
     iters = args.iters or preset.iters
     preset = Preset(iters, args.seeds or preset.seeds, args.val_every or min(preset.val_every, max(1, iters // 6)),
                     preset.eval_crop, preset.students)
+    if sum(it >= 0.8 * iters for it in validation_points(iters, preset.val_every)) < 2:
+        parser.error(f'--val-every: {preset.val_every} leaves fewer than two validations in the last 20% of '
+                     f'{iters} iterations, too few for the convergence check; expected at most {iters // 10}')
     attacks = ATTACKS if args.attacks is None else tuple(args.attacks.split(','))
     unknown = sorted(set(attacks) - set(ATTACKS))
     if unknown:
@@ -410,7 +508,7 @@ def main() -> None:  # noqa: C901  (one linear script)
     if shared:
         raise ValueError(f'{args.opt}: datasets.query: photos {sorted(shared)} are also in datasets.train; the '
                          'attacker must query photos the teacher never saw')
-    query_set = build_dataset({**query_block, 'phase': 'train', 'gt_size': args.patch, 'scale': 1})
+    query_images = [item['lq'] for item in build_dataset({**query_block, 'phase': 'val', 'scale': 1})]
     val_sets = [CenterCrop(build_dataset({**block, 'phase': 'val', 'scale': 1}), preset.eval_crop)
                 for block in blocks.values()]
     if not val_sets:
@@ -449,7 +547,7 @@ def main() -> None:  # noqa: C901  (one linear script)
                'student_recipe': {**STUDENT_RECIPE, 'batch': args.batch, 'patch': args.patch,
                                   'val_every': preset.val_every}, 'attacks': list(attacks),
                'students': list(preset.students), 'teacher': teacher_path, 'teacher_clean': teacher_clean,
-               'metric_space': 'RGB', 'defences': {}, 'query_images': len(query_set),
+               'metric_space': 'RGB', 'defences': {}, 'query_images': len(query_images),
                'query_photos': sorted(photo_names(query_block)),
                'eval': f'{preset.eval_crop}-px centre crops' if preset.eval_crop else 'whole images'}
     base_times = []
@@ -462,14 +560,17 @@ def main() -> None:  # noqa: C901  (one linear script)
             'output_bit_identical': bool(torch.equal(model.restore(probe), clean_probe))}
     results['clean_ms_per_image'] = min(base_times, default=float('nan'))
 
-    runs, derived = [], []
-    for block, student, attack, seed in itertools.product(defences, preset.students, attacks, range(preset.seeds)):
-        label = defence_label(block)
-        exposed_out = block is not None and attack == 'out' and results['defences'][label]['output_bit_identical']
-        (derived if exposed_out else runs).append((label, block, student, attack, seed))
     CONTEXT.update(preset=preset, work=work, teacher_block=teacher_block, teacher_path=teacher_path,
-                   query_set=query_set, batch=args.batch, val_loader=val_loader,
-                   curve_loader=DataLoader(ConcatDataset(curve_sets), batch_size=8))
+                   query_images=query_images, patch=args.patch, batch=args.batch, val_loader=val_loader,
+                   curve_loader=DataLoader(ConcatDataset(curve_sets), batch_size=8), answers={})
+    runs, derived = [], []
+    for block, student, attack in tqdm(list(itertools.product(defences, preset.students, attacks)),
+                                       desc='teacher answers', leave=False):
+        label = defence_label(block)
+        answers = CONTEXT['answers'][label, student, attack] = stored_answers(
+            student_model(block, student, attack, 0), query_images)
+        same = block is not None and same_answers(answers, CONTEXT['answers']['clean', student, attack])
+        (derived if same else runs).extend((label, block, student, attack, seed) for seed in range(preset.seeds))
     if args.workers > 1:
         with multiprocessing.get_context('fork').Pool(args.workers) as pool:
             rows = list(tqdm(pool.imap(train_student, runs), total=len(runs), desc='students'))

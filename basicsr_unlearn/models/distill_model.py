@@ -5,7 +5,9 @@ protects the teacher (the released model), not the student, through :meth:`AllIn
 attacker is the ``distill:`` block, a class of :data:`~basicsr_unlearn.attacks.ATTACK_REGISTRY` chosen by ``type``
 (``KD`` when absent): it names the feature taps it reads, sees each teacher tap THROUGH the defence (the exposed
 copy of a hooked module, the plain output of any other), may transform it, and turns outputs and taps into losses.
-Ground truth is never used in training, only in validation.
+Ground truth is never used in training, only in validation. A batch may carry stored teacher targets
+(``data['answers']``: ``{'output': (B, 3, H, W), 'taps': [(B, C, h, w), ...]}``, crops of :meth:`teacher_targets` of
+whole images, as an attacker who queried the released model once per image would train); then the teacher is not run.
 
 Option block (the attacks and their keys: ``basicsr_unlearn/attacks/``)::
 
@@ -137,11 +139,17 @@ class DistillModel(AllInOneModel):
         return output, [self.attack.observe(exposed[t] if t in exposed else self.teacher_taps[t])
                         for t in self.attack.teacher_modules.values()]
 
+    def feed_data(self, data: dict) -> None:
+        """AllInOneModel's inputs, and the stored teacher targets ``data['answers']`` when the batch carries them."""
+        super().feed_data(data)
+        answers = data.get('answers')
+        self.answers = answers and (answers['output'].to(self.device), [t.to(self.device) for t in answers['taps']])
+
     def optimize_parameters(self, current_iter: int) -> None:
         """One step of the attack's losses on ``self.lq`` (``self.gt`` is not used): the student's forward and the
         losses under ``self.precision`` (autocast; scaled backward and step with fp16), the teacher's targets (through
-        the defence) in full precision."""
-        t_out, t_feats = self.teacher_targets(self.lq)
+        the defence, or the stored ones) in full precision."""
+        t_out, t_feats = self.answers or self.teacher_targets(self.lq)
         self.optimizer_g.zero_grad()
         self.student_taps.clear()
         with self.precision.autocast():
