@@ -59,6 +59,13 @@ SPLITS = {
     'test': ('camera', 'astronaut', 'chelsea', 'coffee'),
 }
 PRESYNTH = ('rain', 'haze')
+RAIN_STYLES: dict[str, dict[str, list[float]]] = {
+    'light': {},  # RAIN_DEFAULTS: Rain100L-like, density 0.002-0.006, intensity 0.6-0.9
+    'heavy': {'density': [0.006, 0.018], 'intensity': [0.8, 1.0]},  # Rain100H-like, 3x the streaks
+}
+"""Rain synthesis parameters of the demo's rain pairs by style (overrides of ``RAIN_DEFAULTS``). Light rain is the
+default; under L1 a tiny PromptIR trained on light rain alone stays at the identity after 1000 iterations, one
+trained on heavy rain gains +10 dB on the light val rain (bench/base_diagnosis.py)."""
 EVAL_TYPES = ('noise15', 'noise25', 'noise50', 'rain', 'haze')
 CENTRE_FRACTION = {'retina': 0.6, 'hubble_deep_field': 0.6}  # keep the informative centre of these photos
 
@@ -130,11 +137,13 @@ def _write_pair(root: Path, stem: str, gt: np.ndarray, lq: np.ndarray) -> None:
     write_image(root / 'lq' / f'{stem}.png', lq)
 
 
-def _degrade(de_name: str, gt: np.ndarray, depth: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-    return synthesize(de_name, gt, rng, **({'depth': depth} if de_name == 'haze' else {}))
+def _degrade(de_name: str, gt: np.ndarray, depth: np.ndarray | None, rng: np.random.Generator,
+             rain: str = 'light') -> np.ndarray:
+    extra = {'haze': {'depth': depth}, 'rain': RAIN_STYLES[rain]}.get(de_name, {})
+    return synthesize(de_name, gt, rng, **extra)
 
 
-def _eval_sets(root: Path, split: str, photos: dict, size: DemoSize, count: int, seed: int) -> dict:
+def _eval_sets(root: Path, split: str, photos: dict, size: DemoSize, count: int, seed: int, rain: str) -> dict:
     """Per-degradation lq/gt folders of ``split`` (val or test); returns the manifest entries.
 
     Each photo is fitted like a train photo and degraded whole (seed ``(seed, split, degradation, photo index)``),
@@ -144,7 +153,7 @@ def _eval_sets(root: Path, split: str, photos: dict, size: DemoSize, count: int,
     entries = {}
     for de_name in EVAL_TYPES:
         for index, (name, gt, depth) in enumerate(fitted):
-            lq = _degrade(de_name, gt, depth, _rng(seed, split, de_name, index))
+            lq = _degrade(de_name, gt, depth, _rng(seed, split, de_name, index), rain)
             for k, (gt_crop, lq_crop) in enumerate(zip(crops(gt, size.crop, count), crops(lq, size.crop, count))):
                 _write_pair(root / split / de_name, f'{name}_{k}', gt_crop, lq_crop)
         entries[de_name] = {'gt': f'{split}/{de_name}/gt', 'lq': f'{split}/{de_name}/lq', 'count': count * len(fitted)}
@@ -152,7 +161,7 @@ def _eval_sets(root: Path, split: str, photos: dict, size: DemoSize, count: int,
 
 
 def build_demo(out: str | os.PathLike, size: str = 'demo', seed: int = 0, lmdb: bool = False,
-               overwrite: bool = False, progress: Callable[[str], None] | None = None) -> dict:
+               overwrite: bool = False, progress: Callable[[str], None] | None = None, rain: str = 'light') -> dict:
     """Build the demo set under ``out`` atomically (a temporary sibling renamed at the end); returns the manifest.
 
     Args:
@@ -162,9 +171,12 @@ def build_demo(out: str | os.PathLike, size: str = 'demo', seed: int = 0, lmdb: 
         lmdb: also write the train sources as BasicSR LMDBs under ``lmdb/``.
         overwrite: replace an existing ``out``; otherwise it is an error.
         progress: called with a short description after each step (the CLI feeds a progress bar).
+        rain: rain style of every rain pair, train, val and test alike (:data:`RAIN_STYLES`).
     """
     if size not in SIZES:
         raise ValueError(f"size: unknown {size!r}; expected one of {', '.join(SIZES)}")
+    if rain not in RAIN_STYLES:
+        raise ValueError(f"rain: unknown {rain!r}; expected one of {', '.join(RAIN_STYLES)}")
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f'{out}: already exists; pass --overwrite (overwrite=True) to rebuild it')
@@ -172,7 +184,7 @@ def build_demo(out: str | os.PathLike, size: str = 'demo', seed: int = 0, lmdb: 
     step = progress or (lambda _: None)
     photos = {split: {name: load_photo(name) for name in names} for split, names in SPLITS.items()}
     step('loaded photos')
-    manifest = {'size': size, 'seed': seed, 'photos': {split: list(names) for split, names in SPLITS.items()},
+    manifest = {'size': size, 'seed': seed, 'rain': rain, 'photos': {split: list(names) for split, names in SPLITS.items()},
                 'train': {'clean': 'train/clean'}, 'val': {}, 'test': {}, 'lmdb': None}
     with atomic_path(out) as tmp:
         for index, (name, (img, depth)) in enumerate(photos['train'].items()):
@@ -180,7 +192,8 @@ def build_demo(out: str | os.PathLike, size: str = 'demo', seed: int = 0, lmdb: 
             write_image(tmp / 'train' / 'clean' / f'{name}.png', gt)
             for de_name in PRESYNTH:
                 for v in range(dims.variants):
-                    lq = _degrade(de_name, gt, depth, _rng(seed, 'train', de_name, index * dims.variants + v))
+                    lq = _degrade(de_name, gt, depth, _rng(seed, 'train', de_name, index * dims.variants + v),
+                                  rain)
                     _write_pair(tmp / 'train' / de_name, f'{name}_{v}', gt, lq)
         count = len(SPLITS['train']) * dims.variants
         for de_name in PRESYNTH:
@@ -189,9 +202,9 @@ def build_demo(out: str | os.PathLike, size: str = 'demo', seed: int = 0, lmdb: 
             manifest['test'][f'{de_name}_members'] = {'gt': f'test/{de_name}_members/gt',
                                                       'lq': f'test/{de_name}_members/lq', 'count': count}
         step('train pairs')
-        manifest['val'] = _eval_sets(tmp, 'val', photos['val'], dims, dims.val_crops, seed)
+        manifest['val'] = _eval_sets(tmp, 'val', photos['val'], dims, dims.val_crops, seed, rain)
         step('val sets')
-        manifest['test'].update(_eval_sets(tmp, 'test', photos['test'], dims, dims.test_crops, seed))
+        manifest['test'].update(_eval_sets(tmp, 'test', photos['test'], dims, dims.test_crops, seed, rain))
         step('test sets')
         if lmdb:
             manifest['lmdb'] = _write_lmdbs(tmp)
