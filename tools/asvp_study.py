@@ -22,7 +22,7 @@ Presets (one BLAS thread per worker; ``--workers 2`` uses both cores):
 
 - ``--quick`` (the demo, <= 5 min): 1 seed, the shipped defence, every attack, 60 iterations (students NOT converged,
   the report says so), 64-px val crops.
-- ``--standard`` (~60 min on 2 cores with ``--workers 2``: 42 students of ~170 s, ~0.07 s per iteration at batch 4,
+- ``--standard`` (65 min on 2 cores with ``--workers 2``: 42 students of ~180 s, ~0.07 s per iteration at batch 4,
   32-px patches): 3 seeds, the clean and the shipped teacher, every attack, 2400 iterations, whole val images.
 - ``--full`` (~1 day): 3 seeds, 16 defences (both layouts, both modes, latent too, the randomised block), both
   student archs, 3000 iterations.
