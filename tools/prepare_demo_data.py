@@ -1,7 +1,8 @@
 """Build the demo data set from scikit-image's bundled photos (layout: ``basicsr_unlearn/data/demo_data.py``).
 
 Usage:
-    python tools/prepare_demo_data.py --out datasets/demo [--size tiny|demo] [--lmdb] [--seed 0] [--rain light|heavy] [--overwrite]
+    python tools/prepare_demo_data.py --out datasets/demo [--size tiny|demo] [--lmdb] [--seed 0] [--overwrite] \
+        [--rain light|heavy]
 """
 import argparse
 
