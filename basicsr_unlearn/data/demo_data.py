@@ -185,7 +185,8 @@ def build_demo(out: str | os.PathLike, size: str = 'demo', seed: int = 0, lmdb: 
     photos = {split: {name: load_photo(name) for name in names} for split, names in SPLITS.items()}
     step('loaded photos')
     manifest = {'size': size, 'seed': seed, 'rain': rain,
-                'photos': {split: list(names) for split, names in SPLITS.items()}, 'train': {'clean': 'train/clean'}, 'val': {}, 'test': {}, 'lmdb': None}
+                'photos': {split: list(names) for split, names in SPLITS.items()},
+                'train': {'clean': 'train/clean'}, 'val': {}, 'test': {}, 'lmdb': None}
     with atomic_path(out) as tmp:
         for index, (name, (img, depth)) in enumerate(photos['train'].items()):
             gt, depth = fit(img, dims.train_short, dims.train_long, depth)
