@@ -84,9 +84,25 @@ def test_stored_answers_crop_the_image_and_its_taps_alike_and_repeat_per_seed():
     assert all(torch.equal(item['lq'], again[i % 3]['lq']) for i, item in enumerate(items))
     other = study.StoredAnswers(lqs, answers, patch=8, seed=4)
     assert not all(torch.equal(item['lq'], other[i % 3]['lq']) for i, item in enumerate(items))
-    with pytest.raises(ValueError, match='--patch: 6 px must fit the 24x32 query image 0 and be a multiple of the '
-                                         'largest tap stride 4'):
+    with pytest.raises(ValueError, match=r'--patch: 6 px must fit the 24x32 query image 0 and be a multiple of '
+                                         r'every tap stride \(lcm 4\)'):
         study.StoredAnswers(lqs, answers, patch=6, seed=0)[0]
+    odd = torch.rand(3, 33, 32)  # padded to 40 by the teacher: a 10-row tap is not stride 3
+    with pytest.raises(ValueError, match='query image 0: its size 33x32 must be a multiple of every tap stride'):
+        study.StoredAnswers([odd], [(odd, [torch.zeros(4, 10, 8)])], patch=8, seed=0)[0]
+
+
+@pytest.mark.parametrize('iters, every, expected', [
+    (5, 1, [1, 2, 3, 4, 5]),
+    (60, 10, [10, 20, 30, 40, 48, 50, 60]),
+    (100, 5, [10, 20, 30, 40, 50, 60, 70, 80, 85, 90, 95, 100]),
+    (1000, 30, [100, 200, 300, 400, 500, 600, 700, 800, 810, 840, 870, 900, 930, 960, 990, 1000]),
+])
+def test_validation_points_are_dense_in_the_tail_and_hit_50_and_80_percent(iters, every, expected):
+    points = load_study().validation_points(iters, every)
+    assert points == expected
+    assert {round(0.5 * iters), round(0.8 * iters), iters} <= set(points)
+    assert sum(it >= 0.8 * iters for it in points) >= 2
 
 
 def test_best_points_respect_the_teacher_budget_and_average_over_attacks():

@@ -112,6 +112,16 @@ def test_observed_taps_per_attack(tmp_path, teacher_path):
     assert torch.allclose(blurred, gaussian_blur(ASVP(**ASVP_BLOCK).perturb(clean, 'body.1'), 1.5), atol=1e-5)
 
 
+def test_low_pass_match_ignores_the_border_a_crop_of_a_whole_blurred_map_changes():
+    attack = build_attack({'type': 'LowPassKD', 'sigma': 2.0, 'taps': [['a', 'b']]})
+    whole = torch.rand(1, 4, 64, 64, generator=torch.Generator().manual_seed(0))
+    crop = whole[..., 16:48, 16:48]
+    stored = attack.observe(whole)[..., 16:48, 16:48]  # blurred whole, then cropped (stored answers)
+    assert not torch.allclose(attack.observe(crop), stored, atol=1e-3)  # the border differs
+    assert float(attack.match(crop, stored)) < 1e-6  # but the student's own crop still matches exactly
+    assert float(attack.match(crop + 0.1, stored)) == pytest.approx(0.1, abs=1e-5)
+
+
 def test_skeptical_student_keeps_the_teacher_out_of_the_deep_layers(tmp_path, teacher_path):
     model = distill_model(tmp_path, teacher_path, {'type': 'SkepticalKD', **ATTACKS['SkepticalKD'],
                                                    'self_weight': 0.0})

@@ -358,8 +358,8 @@ STUDY_CASES = {  # script, its arguments ({tmp}: the test folder), expected stde
         '--attacks: unknown fgsm; expected a comma-separated subset of out, feat,'),
     'asvp_study: too few validations for the convergence check': (
         'tools/asvp_study.py', ['--opt', str(ROOT / 'options/distill/asvp-study_promptir-tiny_demo3.yml'),
-                                '--iters', '300', '--val-every', '150', '--out', '{tmp}/out'],
-        '--val-every: 150 leaves fewer than two validations in the last 20% of 300 iterations'),
+                                '--iters', '4', '--out', '{tmp}/out'],
+        '--iters 4 / --val-every 1: expected --iters >= 5 (the convergence check needs two validations'),
     'base_diagnosis: a loss it does not train': (
         'bench/base_diagnosis.py', ['-opt', '{tmp}/mse.yml', '--log', '{tmp}/out'],
         "train.pixel_opt.type: this diagnosis trains with L1 only, got 'MSELoss'"),

@@ -11,12 +11,13 @@ saw, checked disjoint from the train set by photo name; their GT is never used) 
 trains on random crops of the query images and of the teacher's stored targets for them (the attacker queries the
 released model once per whole image, as a thief paying per query would, and keeps what it got back: the output and
 the exposed taps, after the attack's own observation; :class:`StoredAnswers`) and is validated on 64-px crops
-(:func:`validation_points`: every ``val_every`` iterations over the last 20%, every 10% before); it counts as
-converged when its mean val PSNR stays within 0.1 dB over its last 20% of iterations (:func:`plateau`, recorded per
-student). A student drop is paired by seed: the student distilled by the same attack, seed, initialisation and crops
-from the clean teacher, minus the one from the protected teacher; cells report mean +- std over seeds. A student
-whose stored targets are bit-identical to the clean teacher's (checked: output KD, or feature KD on a layer the
-defence does not hook, against an exposed-mode defence) is not trained: it is the clean-teacher student.
+(:func:`validation_points`: every ``val_every`` iterations over the last 20%, every ``max(val_every, iters // 10)``
+before, and at 50% and 80%); it counts as converged when its mean val PSNR stays within 0.1 dB over its last 20% of
+iterations (:func:`plateau`, recorded per student). A student drop is paired by seed: the student distilled by the
+same attack, seed, initialisation and crops from the clean teacher, minus the one from the protected teacher; cells
+report mean +- std over seeds. A student whose stored targets are bit-identical to the clean teacher's (checked:
+output KD, or feature KD on a layer the defence does not hook, against an exposed-mode defence) is not trained: it is
+the clean-teacher student.
 
 Presets (one BLAS thread per worker; ``--workers 2`` uses both cores):
 
@@ -32,6 +33,7 @@ Writes ``report.json``, ``report.md`` (tables, verdict per attack, the best defe
 import argparse
 import copy
 import itertools
+import math
 import multiprocessing
 import statistics
 import time
@@ -123,15 +125,16 @@ def attack_block(attack: str, student: str, block: dict | None) -> dict:
 
 def validation_points(iters: int, every: int) -> list[int]:
     """Iterations at which a student is validated: every ``every`` over the last 20% (the convergence check reads
-    them) and at the last one, every ``max(every, iters // 10)`` before that (enough for the curve drop at 50/80%).
+    them), at 50% and 80% (the curve drop), at the last one, and every ``max(every, iters // 10)`` before.
 
     Example:
         >>> validation_points(100, 5)
         [10, 20, 30, 40, 50, 60, 70, 80, 85, 90, 95, 100]
     """
     sparse = max(every, iters // 10)
+    marks = {iters, math.ceil(0.5 * iters), math.ceil(0.8 * iters)}
     return [it for it in range(1, iters + 1)
-            if it == iters or it % (every if it >= 0.8 * iters else sparse) == 0]
+            if it in marks or it % (every if it >= 0.8 * iters else sparse) == 0]
 
 
 def plateau(curve: list[tuple[int, float]], tail: float = 0.2, tol: float = 0.1) -> tuple[bool, float]:
@@ -183,7 +186,7 @@ class StoredAnswers(Dataset):
     """Random aligned crops of whole query images and of the teacher targets stored for them.
 
     Each item crops ``patch`` x ``patch`` px of the image and the same region of its output and taps (a tap of
-    stride ``s`` at ``patch / s``, crop corners on multiples of the largest stride), then flips / rotates all of
+    stride ``s`` at ``patch / s``, crop corners on multiples of every stride), then flips / rotates all of
     them alike. The crops come from a generator seeded by ``seed``: two students with the same seed see the same
     crops, whatever ran before them in the process.
 
@@ -214,11 +217,14 @@ class StoredAnswers(Dataset):
     def __getitem__(self, index: int) -> dict:
         lq, (output, taps) = self.lqs[index], self.answers[index]
         (h, w), patch = lq.shape[-2:], self.patch
-        strides = [max(1, round(h / t.shape[-2])) for t in taps]
-        step = max([1, *strides])
+        strides = [h // t.shape[-2] for t in taps]
+        if any(t.shape[-2] * s != h or t.shape[-1] * s != w for t, s in zip(taps, strides, strict=True)):
+            raise ValueError(f'query image {index}: its size {h}x{w} must be a multiple of every tap stride (taps '
+                             f'{[tuple(t.shape[-2:]) for t in taps]}); crop the query images to a multiple of 8')
+        step = math.lcm(1, *strides)
         if min(h, w) < patch or patch % step:
             raise ValueError(f'--patch: {patch} px must fit the {h}x{w} query image {index} and be a multiple of '
-                             f'the largest tap stride {step}')
+                             f'every tap stride (lcm {step})')
         top, left = (step * int(torch.randint((size - patch) // step + 1, (1,), generator=self.generator))
                      for size in (h, w))
         flips = torch.rand(3, generator=self.generator) < 0.5  # hflip, vflip, transpose
@@ -487,9 +493,9 @@ def main() -> None:  # noqa: C901  (one linear script)
     iters = args.iters or preset.iters
     preset = Preset(iters, args.seeds or preset.seeds, args.val_every or min(preset.val_every, max(1, iters // 6)),
                     preset.eval_crop, preset.students)
-    if sum(it >= 0.8 * iters for it in validation_points(iters, preset.val_every)) < 2:
-        parser.error(f'--val-every: {preset.val_every} leaves fewer than two validations in the last 20% of '
-                     f'{iters} iterations, too few for the convergence check; expected at most {iters // 10}')
+    if iters < 5 or preset.val_every < 1:
+        parser.error(f'--iters {iters} / --val-every {preset.val_every}: expected --iters >= 5 (the convergence check '
+                     'needs two validations in the last 20% of the iterations) and --val-every >= 1')
     attacks = ATTACKS if args.attacks is None else tuple(args.attacks.split(','))
     unknown = sorted(set(attacks) - set(ATTACKS))
     if unknown:

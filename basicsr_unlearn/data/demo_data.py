@@ -65,7 +65,8 @@ RAIN_STYLES: dict[str, dict[str, list[float]]] = {
 }
 """Rain synthesis parameters of the demo's rain pairs by style (overrides of ``RAIN_DEFAULTS``). Light rain is the
 default; under L1 a tiny PromptIR trained on light rain alone stays at the identity after 1000 iterations, one
-trained on heavy rain gains +10 dB on the light val rain (bench/base_diagnosis.py)."""
+trained on heavy rain (synthesised on the fly) gains +10 dB on the light val rain (bench/base_diagnosis.py runs with
+the YAML's train sources overridden, closing note of issue 14)."""
 EVAL_TYPES = ('noise15', 'noise25', 'noise50', 'rain', 'haze')
 CENTRE_FRACTION = {'retina': 0.6, 'hubble_deep_field': 0.6}  # keep the informative centre of these photos
 
