@@ -210,21 +210,27 @@ class StoredAnswers(Dataset):
                  seed: int) -> None:
         self.lqs, self.answers, self.patch = lqs, answers, patch
         self.generator = torch.Generator().manual_seed(seed)
+        self.strides = [self.tap_strides(i) for i in range(len(lqs))]  # checked once, before any training
 
-    def __len__(self) -> int:
-        return len(self.lqs)
-
-    def __getitem__(self, index: int) -> dict:
-        lq, (output, taps) = self.lqs[index], self.answers[index]
-        (h, w), patch = lq.shape[-2:], self.patch
+    def tap_strides(self, index: int) -> list[int]:
+        """Stride of each tap of query image ``index``; an error unless every tap and ``patch`` fit it."""
+        (h, w), taps = self.lqs[index].shape[-2:], self.answers[index][1]
         strides = [h // t.shape[-2] for t in taps]
         if any(t.shape[-2] * s != h or t.shape[-1] * s != w for t, s in zip(taps, strides, strict=True)):
             raise ValueError(f'query image {index}: its size {h}x{w} must be a multiple of every tap stride (taps '
                              f'{[tuple(t.shape[-2:]) for t in taps]}); crop the query images to a multiple of 8')
         step = math.lcm(1, *strides)
-        if min(h, w) < patch or patch % step:
-            raise ValueError(f'--patch: {patch} px must fit the {h}x{w} query image {index} and be a multiple of '
-                             f'every tap stride (lcm {step})')
+        if min(h, w) < self.patch or self.patch % step:
+            raise ValueError(f'--patch: {self.patch} px must fit the {h}x{w} query image {index} and be a multiple '
+                             f'of every tap stride (lcm {step})')
+        return strides
+
+    def __len__(self) -> int:
+        return len(self.lqs)
+
+    def __getitem__(self, index: int) -> dict:
+        lq, (output, taps), strides = self.lqs[index], self.answers[index], self.strides[index]
+        (h, w), patch, step = lq.shape[-2:], self.patch, math.lcm(1, *strides)
         top, left = (step * int(torch.randint((size - patch) // step + 1, (1,), generator=self.generator))
                      for size in (h, w))
         flips = torch.rand(3, generator=self.generator) < 0.5  # hflip, vflip, transpose
