@@ -72,9 +72,55 @@ def test_stage_graph_has_both_types_two_reference_seeds_and_three_seeds_per_meth
 def test_reference_seed_trains_another_run(stages):
     stage = {s.name: s for s in stages}['retrain_wo_rain_seed1']
     opt = apply_force_yml(load_options(str(stage.options[0])), force_yml(stage))
-    assert opt['name'] == 'train_promptir-tiny_demo3-wo-rain_l1_2kit_seed1' == stage.run_dir.name
+    assert opt['name'] == 'train_promptir-tiny_demo3-wo-rain_l1_1143it_seed1' == stage.run_dir.name
     assert opt['manual_seed'] == 1 and [s['degradation'] for s in opt['datasets']['train']['sources']] == [
         'noise15', 'noise25', 'noise50', 'haze']
+
+
+def test_each_reference_trains_as_many_epochs_as_the_original(demo):
+    from basicsr_unlearn.data.demo_data import SIZES, SPLITS
+
+    photos, variants = len(SPLITS['train']), SIZES['demo'].variants  # a synth source draws from the clean photos
+
+    def passes(option_file):  # iterations x batch / samples per pass
+        opt = demo.merged_options(option_file)
+        train = opt['datasets']['train']
+        per_pass = sum(photos * (1 if s['type'] == 'synth' else variants) * s.get('repeat', 1)
+                       for s in train['sources'])
+        return opt['train']['total_iter'] * train['batch_size_per_gpu'] / per_pass
+
+    original = passes(demo.find_option('train', 'train_promptir-tiny_demo3_l1'))
+    for forget in demo.FORGET_TYPES:
+        assert passes(demo.reference_option(forget)) == pytest.approx(original, rel=1e-3), forget
+
+
+def test_plateau_check_continues_the_original_and_each_first_reference_from_its_checkpoint(demo, stages):
+    by_name = {s.name: s for s in stages}
+    checks = demo.plateau_stages()
+    assert [c.name for c in checks] == ['original_continued', 'retrain_wo_haze_continued', 'retrain_wo_rain_continued']
+    for check in checks:
+        base = by_name[check.name.removesuffix('_continued')]
+        assert check.needs == [base.name] and check.options == base.options
+        opt = apply_force_yml(demo.merged_options(check.options[0]), force_yml(check))
+        assert opt['name'] == check.run_dir.name == f'{base.run_dir.name}_continued'
+        assert opt['path']['pretrain_network_g'] == str(base.outputs[0])
+        assert opt['train'] == demo.merged_options(base.options[0])['train']  # the same schedule once more
+
+
+@pytest.mark.parametrize('moved, plateau', [(0.15, True), (-0.2, True), (0.25, False), (-0.3, False)])
+def test_plateau_table_flags_a_model_whose_val_psnr_moves_more_than_0_2_db(demo, tmp_path, monkeypatch, moved,
+                                                                          plateau):
+    monkeypatch.chdir(tmp_path)
+    check = demo.plateau_stages()[0]
+    for run_dir, it, rain in ((check.run_dir.parent / check.run_dir.name.removesuffix('_continued'), 2000, 20.0),
+                              (check.run_dir, 2000, 20.0 + moved)):
+        run_dir.mkdir(parents=True)
+        val = {'rain': {'psnr': rain, 'ssim': 0.5}, 'haze': {'psnr': 18.0, 'ssim': 0.8}}
+        (run_dir / 'train_log.json').write_text(json.dumps({'val': [[it - 250, {}], [it, val]]}))
+    (entry,) = demo.plateau_table([check]).values()
+    assert entry['iters'] == 2000 and entry['continued_iters'] == 4000
+    assert entry['move_db'] == {'rain': pytest.approx(moved), 'haze': 0.0}
+    assert entry['plateau'] is plateau
 
 
 def ship_base(demo, tmp_path, monkeypatch, count=1):

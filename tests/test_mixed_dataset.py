@@ -44,20 +44,20 @@ def test_demo_layout_matches_the_manifest(demo_root):
 def test_heavy_rain_changes_only_the_rain_pairs_and_adds_streaks(demo_root, tmp_path):
     from basicsr_unlearn.data.demo_data import build_demo
 
-    heavy = tmp_path / 'heavy'
-    assert build_demo(heavy, size='tiny', rain='heavy')['rain'] == 'heavy'
-    assert json.loads((demo_root / 'manifest.json').read_text())['rain'] == 'light'
+    heavy, light = demo_root, tmp_path / 'light'
+    assert build_demo(light, size='tiny', rain='light')['rain'] == 'light'
+    assert json.loads((heavy / 'manifest.json').read_text())['rain'] == 'heavy'  # the default
     for folder in ('train/rain/lq', 'val/rain/lq', 'test/rain/lq'):
-        names = sorted(p.name for p in (demo_root / folder).iterdir())
+        names = sorted(p.name for p in (heavy / folder).iterdir())
         streaks = {}  # fraction of pixels the rain brightened by > 10/255, light vs heavy, per image
-        for style, root in (('light', demo_root), ('heavy', heavy)):
+        for style, root in (('light', light), ('heavy', heavy)):
             gt_folder = root / folder.replace('/lq', '/gt')
             streaks[style] = [float(((read_image(root / folder / n) - read_image(gt_folder / n)).max(-1) > 10 / 255)
                                     .mean()) for n in names]
         assert np.mean(streaks['heavy']) > 2 * np.mean(streaks['light']), (folder, streaks)
     for folder in ('train/haze/lq', 'val/noise25/lq', 'test/haze/lq'):
-        for path in (demo_root / folder).iterdir():
-            assert np.array_equal(read_image(path), read_image(heavy / folder / path.name))
+        for path in (heavy / folder).iterdir():
+            assert np.array_equal(read_image(path), read_image(light / folder / path.name))
     with pytest.raises(ValueError, match="rain: unknown 'storm'; expected one of light, heavy"):
         build_demo(tmp_path / 'storm', size='tiny', rain='storm')
     assert not (tmp_path / 'storm').exists()

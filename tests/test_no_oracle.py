@@ -25,7 +25,7 @@ def oracle_traces(node: object, where: str = '') -> list[str]:
 
 def test_oracle_traces_finds_both_kinds() -> None:
     opt = {'train': {'stop': {'type': 'OracleStop', 'reference': 'experiments/x/models/net_g_latest.pth'}},
-           'notes': ['experiments/train_promptir-tiny_demo3-wo-haze_l1_2kit']}
+           'notes': ['experiments/train_promptir-tiny_demo3-wo-haze_l1_1714it']}
     assert oracle_traces(opt) == ['train.stop.reference', 'notes.[0]']
     assert oracle_traces({'train': {'stop': {'type': 'InputLevelStop', 'margin': 0.0}}}) == []
 

@@ -53,6 +53,7 @@ UNLEARN_DATA = {'haze': 'demo3', 'rain': 'demo3-forget-rain'}  # option files un
 REFERENCE_SEEDS = (0, 1)
 METHOD_SEEDS = (0, 1, 2)
 STEP_TIME_ITERS = 50  # iterations of the runs that time a retraining step beside the methods
+PLATEAU_MAX_DB = 0.2  # a base model is at a plateau when twice its iterations move no val PSNR by more than this
 UNLEARN_METHODS = {  # report name -> its training stages (option file stems), run in order, each stage once
     'ga_adv': ['ga-adv'],
     'ga_adv_oracle_stop': ['ga-adv-oracle'],  # the same run stopped by the retrained model: labelled, for comparison
@@ -236,6 +237,42 @@ def base_stages(shipped: dict[str, dict], folder: Path = SHIPPED) -> list[Stage]
     return stages
 
 
+def plateau_stages() -> list[Stage]:
+    """The plateau check of the original and of each seed-0 reference: its training YAML run once more from its
+    checkpoint (a second cosine cycle of the same length), so that it has trained twice its iterations."""
+    stages = []
+    for name, option_file, seed in base_runs():
+        if seed:
+            continue
+        base = train_stage(name, option_file, ['data'])
+        run = f'{base.run_dir.name}_continued'
+        force = [f'name={run}', f'path:pretrain_network_g={base.outputs[0]}']
+        stages.append(Stage(f'{name}_continued', [*base.cmd, '--force_yml', *force], [option_file],
+                            [Path('experiments') / run / f for f in ('models/net_g_latest.pth', 'train_log.json')],
+                            [name]))
+    return stages
+
+
+def final_val_psnr(run_dir: Path) -> tuple[int, dict[str, float]]:
+    """`(iteration, {val set: PSNR})` of the last validation in `run_dir/train_log.json`."""
+    it, sets = json.loads((run_dir / 'train_log.json').read_text())['val'][-1]
+    return it, {name: round(metrics['psnr'], 3) for name, metrics in sets.items()}
+
+
+def plateau_table(checks: list[Stage]) -> dict[str, dict]:
+    """Per checked base model: its final val PSNR, the PSNR after continuing as long again, the largest move and
+    whether that is within :data:`PLATEAU_MAX_DB`."""
+    table = {}
+    for check in checks:
+        base_dir = Path('experiments') / check.run_dir.name.removesuffix('_continued')
+        (it, before), (more, after) = final_val_psnr(base_dir), final_val_psnr(check.run_dir)
+        move = {k: round(after[k] - before[k], 3) for k in before}
+        table[base_dir.name] = {'iters': it, 'val_psnr': before, 'continued_iters': it + more,
+                                'continued_val_psnr': after, 'move_db': move,
+                                'plateau': max(map(abs, move.values())) <= PLATEAU_MAX_DB}
+    return table
+
+
 def unlearn_stages(forget: str) -> tuple[list[Stage], list[str]]:
     """Every unlearning stage forgetting `forget` (each method at :data:`METHOD_SEEDS`) and the report's `--method`
     arguments."""
@@ -286,7 +323,8 @@ def step_time_stage(forget: str) -> Stage:
 
 
 def data_stage() -> Stage:
-    return Stage('data', [sys.executable, 'tools/prepare_demo_data.py', '--out', 'datasets/demo', '--lmdb'],
+    return Stage('data', [sys.executable, 'tools/prepare_demo_data.py', '--out', 'datasets/demo', '--lmdb', '--rain',
+                          'heavy', '--overwrite'],
                  outputs=[Path('datasets/demo/manifest.json')])
 
 
@@ -451,11 +489,15 @@ def _relink(markdown: str, sub: str) -> str:
 def build_base(jobs: int, fresh: bool) -> None:
     """Train the data and every base model (reusing up-to-date stages unless `fresh`) and write them to
     `checkpoints/demo/`."""
-    base = [data_stage(), *base_stages({})]
-    Runner(base, jobs, [s.name for s in base] if fresh else ()).run()
+    base, checks = [data_stage(), *base_stages({})], plateau_stages()
+    Runner(base + checks, jobs, [s.name for s in base + checks] if fresh else ()).run()
     runs = {name: (option_file, seed) for name, option_file, seed in base_runs()}
     models = {s.run_dir.name: ship(SHIPPED, s.run_dir, *runs[s.name]) for s in base if s.name in runs}
-    write_json(SHIPPED / 'manifest.json', {'models': models})
+    plateau = plateau_table(checks)
+    write_json(SHIPPED / 'manifest.json', {'models': models, 'plateau_check': plateau})
+    for run, check in plateau.items():
+        print(f'{run}: {check["iters"]} -> {check["continued_iters"]} iterations moves val PSNR by '
+              f'{check["move_db"]} dB: {"plateau" if check["plateau"] else "NOT at a plateau"}')
     print(f'{SHIPPED / "manifest.json"}: {len(models)} base models; commit checkpoints/demo/ to ship them')
 
 

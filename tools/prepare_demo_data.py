@@ -2,7 +2,7 @@
 
 Usage:
     python tools/prepare_demo_data.py --out datasets/demo [--size tiny|demo] [--lmdb] [--seed 0] [--overwrite] \
-        [--rain light|heavy]
+        [--rain heavy|light]
 """
 import argparse
 
@@ -18,8 +18,8 @@ def main() -> None:
     parser.add_argument('--size', choices=sorted(SIZES), default='demo', help='demo (default) or tiny (tests)')
     parser.add_argument('--lmdb', action='store_true', help='also write the train sources as LMDBs')
     parser.add_argument('--seed', type=int, default=0, help='synthesis seed')
-    parser.add_argument('--rain', choices=sorted(RAIN_STYLES), default='light',
-                        help='rain style of every rain pair: light (default, Rain100L-like) or heavy (Rain100H-like)')
+    parser.add_argument('--rain', choices=sorted(RAIN_STYLES), default='heavy',
+                        help='rain style of every rain pair: heavy (default, Rain100H-like) or light (Rain100L-like)')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing --out folder')
     args = parser.parse_args()
     with tqdm(total=4 + args.lmdb, desc='demo data', unit='step') as bar:

@@ -3,8 +3,8 @@
 Usage:
     python tools/unlearn_report.py --opt options/test/test_promptir-tiny_demo3.yml \\
         --original experiments/train_promptir-tiny_demo3_l1_2kit \\
-        --reference experiments/train_promptir-tiny_demo3-wo-haze_l1_2kit \\
-        --reference experiments/train_promptir-tiny_demo3-wo-haze_l1_2kit_seed1 \\
+        --reference experiments/train_promptir-tiny_demo3-wo-haze_l1_1714it \\
+        --reference experiments/train_promptir-tiny_demo3-wo-haze_l1_1714it_seed1 \\
         --method ga_adv=experiments/unlearn_ga-adv_s0,experiments/unlearn_ga-adv_s1,experiments/unlearn_ga-adv_s2 \\
         --method adapt_then_unlearn=experiments/adapt+experiments/repulse \\
         --forget haze --out results/unlearn_haze [--relearn-pairs 4 --relearn-steps 10,25,50 --relearn-lr 2e-4] \\
