@@ -9,6 +9,7 @@ from basicsr.archs import build_network
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.utils import tensor2img
 from helpers import load_tool, run_tool, write_noisy_pairs, write_yaml
+from PIL import Image
 from scipy.stats import ks_2samp
 
 from basicsr_unlearn.checkpoint import load_checkpoint
@@ -319,6 +320,10 @@ def _restore_all(opt, checkpoint):
     return net, results, outputs
 
 
+def read_uint8(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert('RGB'), dtype=np.float64)
+
+
 def test_tool_writes_matching_report(tmp_path):
     opt_path, opt = _tool_workspace(tmp_path)
     exp = tmp_path / 'experiments'
@@ -337,6 +342,15 @@ def test_tool_writes_matching_report(tmp_path):
     for png in ('psnr_per_degradation.png', 'forget_gap_vs_retain_change.png', 'training_curves.png', 'mia_roc.png',
                 'relearning_curves.png'):
         assert (out / png).stat().st_size > 1000
+    for de_name in ('noise25', 'haze'):  # the degraded input's own PSNR, recomputed from the files
+        gts = sorted((tmp_path / 'data' / de_name / 'gt').iterdir())
+        psnrs = [10 * np.log10(255 ** 2 / np.mean((read_uint8(gt) - read_uint8(gt.parent.parent / 'lq' / gt.name))
+                                                  ** 2)) for gt in gts]
+        assert report['input_psnr'][de_name] == pytest.approx(np.mean(psnrs), abs=1e-6)
+    assert report['input_psnr']['noise25'] > report['input_psnr']['haze'] + 4  # sigma 25 vs 50
+    md = (out / 'report.md').read_text()
+    inputs = report['input_psnr']
+    assert f'| degraded input (no model) | {inputs["noise25"]:.2f} | {inputs["haze"]:.2f} |' in md
     orig, ref, ref2, ga = report['models']
     assert [m['name'] for m in report['models']] == ['original', 'reference', 'reference_2', 'ga']
     assert ga['n_seeds'] == 2 and ga['oracle_stop'] is True and not ref['oracle_stop']

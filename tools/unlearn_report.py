@@ -38,7 +38,7 @@ from basicsr_unlearn.evaluation.model_specs import (
 )
 from basicsr_unlearn.evaluation.relearning_attack import RelearnOptions
 from basicsr_unlearn.evaluation.unlearning_markdown import main_table, write_report
-from basicsr_unlearn.evaluation.unlearning_report import WALL_TIME_BASIS, build_report, evaluate_models
+from basicsr_unlearn.evaluation.unlearning_report import WALL_TIME_BASIS, build_report, evaluate_models, input_psnr
 
 RELEARN_TYPES = {'pairs': int, 'steps': lambda v: tuple(int(b) for b in v), 'lr': float, 'seed': int, 'patch': int}
 
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         scores = evaluate_models(opt, specs, args.forget, y_channel=args.y_channel, crop_border=args.crop_border,
                                  where=args.opt, relearn=relearn_opts,
                                  progress=lambda runs: tqdm(runs, desc='evaluating checkpoints', unit='model'))
+        degraded = input_psnr(opt, args.forget, args.y_channel, args.crop_border, args.opt)
     except (ValueError, FileNotFoundError, KeyError) as error:
         sys.exit(f'unlearn_report: {error}')
     cost_basis = WALL_TIME_BASIS
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         scores = [replace(s, wall_time_s=retrain[s.name]) if s.role == 'reference' else s for s in scores]
         cost_basis = (f'training wall time of each method over the first reference\'s iterations x {step:.3f} s, the '
                       f'median step time of {args.retrain_step_time} (its training YAML, run beside the methods)')
-    report = build_report(scores, args.forget, 'Y' if args.y_channel else 'RGB', relearn_opts, cost_basis)
+    report = build_report(scores, args.forget, 'Y' if args.y_channel else 'RGB', relearn_opts, cost_basis, degraded)
     md_path = write_report(report, args.out, training_curves(specs))
     print(f'{main_table(report)}\nReport: {md_path}')
 

@@ -85,6 +85,9 @@ def main_table(report: dict) -> str:
               'forget gap', 'forget SSIM gap', 'worst retained Δ', 'Avg.Gap', 'cal. MIA AUC', 'TPR@1%FPR',
               'forget quality', 'relearn steps', 'attacks passed', 'time (s)', 'cost vs retrain', 'meets']
     rows = []
+    if report.get('input_psnr'):
+        rows.append(['degraded input (no model)', *[f'{report["input_psnr"][d]:.2f}' for d in report['degradations']],
+                     *['–'] * (len(header) - 1 - len(report['degradations']))])
     for m in report['models']:
         cost = '–' if m['cost_ratio'] is None else plus_minus_at(m, 'cost_ratio', fmt='.1%')
         calibrated = m['mia_calibrated'] is not None

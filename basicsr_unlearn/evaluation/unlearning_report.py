@@ -145,6 +145,27 @@ def relearn_pairs(dataset: object, count: int, where: str) -> list[tuple[torch.T
     return [(dataset[i]['lq'].float(), dataset[i]['gt'].float()) for i in range(count)]
 
 
+def test_loaders(opt: dict, forget: str, where: str = '--opt') -> tuple[list[DataLoader], DataLoader]:
+    """The held-out test loaders and the forget-members loader of ``opt['datasets']`` (see :func:`split_test_sets`)."""
+    held_keys, member_key = split_test_sets(opt['datasets'], forget, f'{where}: datasets')
+    loaders = {}
+    for key, dataset_opt in opt['datasets'].items():
+        dataset_opt = {**copy.deepcopy(dataset_opt), 'phase': 'test', 'scale': opt.get('scale', 1)}
+        loaders[key] = build_dataloader(build_dataset(dataset_opt), dataset_opt, num_gpu=0, dist=False)
+    return [loaders[k] for k in held_keys], loaders[member_key]
+
+
+def input_psnr(opt: dict, forget: str, y_channel: bool = False, crop_border: int = 0, where: str = '--opt'
+               ) -> dict[str, float]:
+    """PSNR of the degraded input itself (no model) per degradation on the held-out test sets: where restoration
+    starts, and what a model that never learned a type roughly scores on it."""
+    held_out, _ = test_loaders(opt, forget, where)
+    rows = [row for loader in held_out for row in evaluate(lambda lq: lq, loader, y_channel=y_channel,
+                                                           crop_border=crop_border, source='degraded input')[
+        'per_image']]
+    return {name: metrics['psnr'] for name, metrics in summarize(rows).items()}
+
+
 def evaluate_models(opt: dict, specs: Iterable[ModelSpec], forget: str, y_channel: bool = False,
                     crop_border: int = 0, where: str = '--opt', relearn: RelearnOptions | None = None,
                     progress: Callable[[list[ModelSpec]], Iterable[ModelSpec]] = iter) -> list[ModelScores]:
@@ -173,12 +194,7 @@ def evaluate_models(opt: dict, specs: Iterable[ModelSpec], forget: str, y_channe
     references = [s for s in specs if s.role == 'reference']
     if not references:
         raise ValueError('evaluate_models: needs a reference model (retrained without the forgotten type)')
-    held_keys, member_key = split_test_sets(opt['datasets'], forget, f'{where}: datasets')
-    loaders = {}
-    for key, dataset_opt in opt['datasets'].items():
-        dataset_opt = {**copy.deepcopy(dataset_opt), 'phase': 'test', 'scale': opt.get('scale', 1)}
-        loaders[key] = build_dataloader(build_dataset(dataset_opt), dataset_opt, num_gpu=0, dist=False)
-    held_out = [loaders[k] for k in held_keys]
+    held_out, members = test_loaders(opt, forget, where)
     net = build_network(copy.deepcopy(opt['network_g'])).eval()
     multiple = int(getattr(net, 'pad_multiple', None) or (opt.get('val') or {}).get('pad_multiple', 8))
     tile = (opt.get('val') or {}).get('tile')
@@ -186,8 +202,8 @@ def evaluate_models(opt: dict, specs: Iterable[ModelSpec], forget: str, y_channe
     # the EMA weights (load_checkpoint falls back to params in a file without them) unless path.param_key_g says
     # otherwise (~: the file's root, a bare state dict)
     param_key = (opt.get('path') or {}).get('param_key_g', 'params_ema')
-    pairs = None if relearn is None else relearn_pairs(loaders[member_key].dataset, relearn.pairs,
-                                                       f'{where}: datasets.{member_key}')
+    pairs = None if relearn is None else relearn_pairs(members.dataset, relearn.pairs,
+                                                       f'{where}: datasets: {forget}_members')
 
     def restorer(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda lq: restore_image(model, lq, multiple, tile)
@@ -195,7 +211,7 @@ def evaluate_models(opt: dict, specs: Iterable[ModelSpec], forget: str, y_channe
     results, reference_outputs = {}, None
     for spec in progress([references[0], *[s for s in specs if s is not references[0]]]):
         load_checkpoint(net, spec.checkpoint, param_key, where=f'--{spec.role} {spec.name}')
-        result = score_model(restorer(net), held_out, loaders[member_key], forget, source=f'model {spec.name}',
+        result = score_model(restorer(net), held_out, members, forget, source=f'model {spec.name}',
                              **metric_kwargs)
         if reference_outputs is None:
             reference_outputs = result['forget_outputs']
@@ -313,7 +329,7 @@ def attack_verdicts(row: dict, floor: dict | None, mia_band: float) -> dict[str,
 
 def build_report(scores: list[ModelScores], forget: str, metric_space: str,
                  relearn: RelearnOptions | None = None,
-                 cost_basis: str = WALL_TIME_BASIS) -> dict:
+                 cost_basis: str = WALL_TIME_BASIS, degraded_input: dict[str, float] | None = None) -> dict:
     """Compute every figure per run, aggregate seeds, the noise floor and the target checks (JSON-ready).
 
     Args:
@@ -323,14 +339,16 @@ def build_report(scores: list[ModelScores], forget: str, metric_space: str,
         metric_space: ``'RGB'`` or ``'Y'``; stored with every number.
         relearn: the relearning attack's settings when ``scores`` carry recovery curves.
         cost_basis: how ``cost_ratio`` was timed (stored, and printed in the markdown).
+        degraded_input: PSNR of the degraded input per degradation (:func:`input_psnr`), stored as ``input_psnr``
+            and printed as the table's first row; ``None``: not measured.
 
     Returns:
         ``{'forget', 'metric_space', 'degradations', 'retained', 'targets', 'goals', 'reference', 'noise_floor',
-        'mia_null_band', 'ks_alpha', 'relearn', 'roc_fpr', 'cost_basis', 'models': [...]}``; each model row holds the
-        mean of every figure of :func:`_run_entry` at its key (``psnr``, ``forget_gap_db``, ``mia``, ``mia_calibrated``,
-        ``distance``, ``forget_quality``, ``relearn``, ...), ``std`` (same shape), ``seeds`` (every run),
-        ``n_seeds``, ``oracle_stop``, ``attacks`` (:func:`attack_verdicts`; all but the first reference), and for
-        methods ``meets`` (``'goal'``, ``'target'`` or ``'no'``) with
+        'mia_null_band', 'ks_alpha', 'relearn', 'roc_fpr', 'cost_basis', 'input_psnr', 'models': [...]}``; each
+        model row holds the mean of every figure of :func:`_run_entry` at its key (``psnr``, ``forget_gap_db``,
+        ``mia``, ``mia_calibrated``, ``distance``, ``forget_quality``, ``relearn``, ...), ``std`` (same shape),
+        ``seeds`` (every run), ``n_seeds``, ``oracle_stop``, ``attacks`` (:func:`attack_verdicts`; all but the first
+        reference), and for methods ``meets`` (``'goal'``, ``'target'`` or ``'no'``) with
         ``missed_target``/``missed_goal`` and ``within_noise_floor``.
     """
     check_name(forget, '--forget')
@@ -368,5 +386,5 @@ def build_report(scores: list[ModelScores], forget: str, metric_space: str,
               'reference': references[0].name, 'noise_floor': floor, 'mia_null_band': mia_band, 'ks_alpha': KS_ALPHA,
               'relearn': None if relearn is None else {**vars(relearn), 'steps': steps, 'curve_steps': [0, *steps],
                                                        'target_db': original.per_degradation[forget]['psnr']},
-              'roc_fpr': list(ROC_FPR), 'cost_basis': cost_basis, 'models': models}
+              'roc_fpr': list(ROC_FPR), 'cost_basis': cost_basis, 'input_psnr': degraded_input, 'models': models}
     return report
