@@ -16,6 +16,7 @@ import argparse
 import atexit
 import copy
 import difflib
+import re
 import shutil
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from mmengine.config import Config, DictAction
 from basicsr_unlearn import experiment_lock
 from basicsr_unlearn.fileio import write_text
 
+SIGNED_NUMBER = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?')  # -0.5, 1e-4, +3: strings to BasicSR
 
 def check_keys(block: dict, allowed: Iterable[str], where: str) -> None:
     """Raise if ``block`` has a key outside ``allowed``, naming the option path ``where`` and a close match.
@@ -145,21 +147,22 @@ def load_options(path: str, cfg_options: dict[str, Any] | None = None) -> dict:
 
 def apply_force_yml(opt: dict, entries: list[str]) -> dict:
     """Set BasicSR's ``--force_yml key:subkey=value`` overrides in ``opt`` (in place), values read as BasicSR reads
-    them (``~``/``none``, ``true``/``false``, numbers, ``!!float``, ``[lists]``, else strings); returns ``opt``.
+    them (``~``/``none``, ``true``/``false``, numbers, ``!!float``, ``[lists]``, else strings) and signed or
+    exponent numbers (``-0.5``, ``1e-4``, which BasicSR leaves as strings) as numbers; returns ``opt``.
 
     Applied before :func:`validate_options`, so an override is checked like the YAML it overrides.
 
     Example:
         >>> apply_force_yml({'train': {'ema_decay': 0}}, ['train:ema_decay=0.999'])
         {'train': {'ema_decay': 0.999}}
+        >>> apply_force_yml({'train': {'stop': {}}}, ['train:stop:margin=-0.5', 'train:stop:lr=1e-4'])
+        {'train': {'stop': {'margin': -0.5, 'lr': 0.0001}}}
         >>> apply_force_yml({'data': {'sources': [{'repeat': 1}]}}, ['data:sources:0:repeat=3'])
         {'data': {'sources': [{'repeat': 3}]}}
         >>> apply_force_yml({'train': {}}, ['trian:ema_decay=0.999'])
         Traceback (most recent call last):
         ValueError: --force_yml trian:ema_decay=0.999: no option block 'trian'; expected one of train
     """
-    from basicsr.utils.options import _postprocess_yml_value
-
     for entry in entries:
         keys, equals, value = entry.partition('=')
         path = [key.strip() for key in keys.split(':')]
@@ -178,10 +181,20 @@ def apply_force_yml(opt: dict, entries: list[str]) -> dict:
                 known = ', '.join(k for k, v in block.items() if isinstance(v, dict))
                 raise ValueError(f"--force_yml {entry}: no option block '{where}'; expected one of {known}")
             if last:
-                block[key] = _postprocess_yml_value(value.strip())
+                block[key] = _force_value(value.strip())
             else:
                 block = block[key]
     return opt
+
+
+def _force_value(text: str) -> Any:
+    """A ``--force_yml`` value as BasicSR reads it, except that a signed or exponent number is a number."""
+    from basicsr.utils.options import _postprocess_yml_value
+
+    value = _postprocess_yml_value(text)
+    if isinstance(value, str) and SIGNED_NUMBER.fullmatch(value):
+        return float(value) if any(c in value for c in '.eE') else int(value)
+    return value
 
 
 def dump_options(opt: dict) -> str:

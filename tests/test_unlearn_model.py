@@ -247,13 +247,48 @@ def test_input_level_stop_measures_input_level_and_original_and_fires_only_when_
 def test_input_level_stop_judges_forget_level_and_retained_drop() -> None:
     stop = InputLevelStop(de_name='haze', margin=0.5, retain_delta=0.3)
     stop.input_level, stop.original, stop.table_iter = {'haze': 15.0}, {'rain': 25.0, 'noise25': 28.0}, 10
-    model = type('M', (), {'train_log': {'stop': {}}})()
+    model = type('M', (), {'train_log': {'stop': {}}, 'opt': {'train': {'total_iter': 100}}})()
     stop.best = (float('inf'), 0, {})
     assert stop.judge(model, {'haze': 15.4, 'rain': 24.8, 'noise25': 28.1}).startswith('held-out forget PSNR 15.400')
     assert stop.judge(model, {'haze': 15.6, 'rain': 24.8, 'noise25': 28.1}) is None  # not yet forgotten
     stop.rewind = False
     reason = stop.judge(model, {'haze': 14.0, 'rain': 24.6, 'noise25': 28.1})  # forgotten, but rain fell 0.4 dB
     assert reason.startswith('rain fell 0.400 dB below the original (> retain_delta 0.3)')
+
+
+def test_input_level_stop_tolerates_patience_dips_in_a_row_and_judges_the_budget_end() -> None:
+    stop = InputLevelStop(de_name='haze', retain_delta=0.3, rewind=False, patience=1)
+    stop.input_level, stop.original, stop.best = {'haze': 15.0}, {'rain': 25.0}, (float('inf'), 0, {})
+    model = type('M', (), {'train_log': {'stop': {}}, 'opt': {'train': {'total_iter': 60}}})()
+    dip, kept = {'haze': 17.0, 'rain': 24.0}, {'haze': 16.0, 'rain': 24.9}
+    verdicts = []
+    for it, table in zip((10, 20, 30, 40, 50), (dip, kept, dip, dip, kept)):
+        stop.table_iter = it
+        verdicts.append(stop.judge(model, table))
+    assert verdicts[:3] == [None, None, None]  # a dip, recovered; then a first dip again
+    assert verdicts[3].startswith('rain fell 1.000 dB below the original') and '2 rounds in a row' in verdicts[3]
+    stop.dips, stop.table_iter = 0, 60  # the last round: a first dip ends the run, so does a feasible round
+    assert stop.judge(model, dip).startswith('rain fell 1.000 dB')
+    assert stop.judge(model, kept).startswith('budget spent: held-out forget PSNR 16.000 dB > input level 15.000')
+    with pytest.raises(ValueError, match='patience: expected an integer >= 0'):
+        InputLevelStop(patience=-1)
+
+
+def test_input_level_stop_with_patience_rewinds_at_the_budget_end(tmp_path: Path, pretrained: str) -> None:
+    stop = {'type': 'InputLevelStop', 'de_name': 'haze', 'margin': -60.0, 'retain_delta': 0.0, 'patience': 5}
+    model = UnlearnModel(options(tmp_path, {'method': {'type': 'GradientAscent', 'tau': 1.0}, 'total_iter': 20,
+                                            'optim_g': {'type': 'Adam', 'lr': 1e-2}, 'stop': stop}, pretrained))
+    validate(model, 1)  # the original: the best feasible round
+    at_round = weights(model)
+    run(model, 10, first=2)  # plain ascent drags noise down with haze
+    validate(model, 11)
+    run(model, 1, first=12)
+    assert not model.stopped  # a dip within patience: training goes on
+    run(model, 8, first=13)
+    validate(model, 20)  # the budget's last round, still a dip
+    model.save(-1, -1)
+    assert model.stopped and 'noise25 fell' in model.stop_reason and 'rewound to iter 1' in model.stop_reason
+    assert same(weights(model), at_round)
 
 
 def test_input_level_stop_rewinds_to_the_best_round_that_kept_retained_types(tmp_path: Path, pretrained: str) -> None:
