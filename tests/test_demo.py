@@ -34,6 +34,8 @@ def test_stage_graph_has_both_types_two_reference_seeds_and_three_seeds_per_meth
         assert set(stage.needs) <= seen, stage.name
         seen.add(stage.name)
     assert {'original', 'retrain_wo_haze', 'retrain_wo_haze_seed1', 'retrain_wo_rain', 'retrain_wo_rain_seed1'} <= seen
+    names = [s.name for s in stages]  # the two long reports start last, side by side
+    assert names[-2:] == ['unlearn_report_haze', 'unlearn_report_rain']
     for forget in ('haze', 'rain'):
         for stems in demo.UNLEARN_METHODS.values():
             for stem in stems:

@@ -336,24 +336,23 @@ def build_stages(shipped: dict[str, dict] | None = None, folder: Path = SHIPPED)
     stages = [data_stage(), *base_stages(shipped or {}, folder)]
     runs = {s.name: s.run_dir for s in stages[1:]}
     stages += [step_time_stage(forget) for forget in FORGET_TYPES]
-    study = Stage('asvp_study', [
+    stages.append(Stage('asvp_study', [
         sys.executable, 'tools/asvp_study.py', '--quick', '--opt', str(study_opt.relative_to(ROOT)),
         '--teacher', str(runs['original'] / 'models' / 'net_g_latest.pth'), '--out', str(OUT / 'asvp'),
-    ], [study_opt], [OUT / 'asvp' / 'report.md'], ['original'])
+    ], [study_opt], [OUT / 'asvp' / 'report.md'], ['original']))
+    reports = []  # after every unlearning stage of both types, so that the two long reports run side by side
     for forget in FORGET_TYPES:
         unlearning, methods = unlearn_stages(forget)
         references = [reference_stage(forget, seed) for seed in REFERENCE_SEEDS]
         stages += unlearning
-        if forget == FORGET_TYPES[-1]:  # the study keeps the second core busy beside the last report
-            stages.append(study)
-        stages.append(Stage(f'unlearn_report_{forget}', [
+        reports.append(Stage(f'unlearn_report_{forget}', [
             sys.executable, 'tools/unlearn_report.py', '--opt', str(test_opt.relative_to(ROOT)),
             '--original', str(runs['original']), *(a for r in references for a in ('--reference', str(runs[r]))),
             '--forget', forget, '--out', str(OUT / f'unlearn_{forget}'), *methods,
             '--retrain-step-time', str(Path('experiments') / f'step_time_wo_{forget}'),
         ], [test_opt], [OUT / f'unlearn_{forget}' / 'report.md'], ['original', *references, f'step_time_wo_{forget}',
                                                                    *(s.name for s in unlearning)]))
-    return stages
+    return stages + reports
 
 
 class Runner:
