@@ -19,6 +19,7 @@ DDP on CPU without ``device_ids`` lives in ``AllInOneModel.model_to_device``. La
 :func:`destroy_process_group` at the end (BasicSR never does).
 """
 import datetime
+import gc
 import logging
 import os
 import sys
@@ -131,6 +132,13 @@ def apply() -> None:
 
 
 def destroy_process_group() -> None:
-    """Destroy the default process group if one exists (end of a launcher)."""
+    """Destroy the default process group if one exists (end of a launcher).
+
+    Unreachable objects are collected first: a DDP module caught in a reference cycle (a model and its hooks)
+    would otherwise be freed after its group is gone, and its destructor aborts the process at exit (measured: 3
+    of 6 runs of a 2-rank gloo test under torch 2.14 on CPU; ``terminate called without an active exception``,
+    exit -6). Drop your own references to DDP-wrapped models before calling this.
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()

@@ -141,6 +141,7 @@ import torch.distributed as dist
 
 import basicsr_unlearn  # noqa: F401
 from basicsr.models import build_model
+from basicsr_unlearn import compat
 from test_distill_model import parsed_options
 
 dist.init_process_group('gloo', timeout=timedelta(seconds=60))
@@ -162,7 +163,8 @@ dist.all_gather(gathered, flat)
 if rank == 0:
     (out / 'result.json').write_text(json.dumps({'moved': moved,
                                                  'rank_gap': float((gathered[0] - gathered[1]).abs().max())}))
-dist.destroy_process_group()
+del model  # no DDP module may outlive the group (compat.destroy_process_group)
+compat.destroy_process_group()
 '''
 
 

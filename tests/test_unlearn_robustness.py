@@ -91,6 +91,7 @@ DDP_WORKER = textwrap.dedent("""
     import torch
     import torch.distributed as dist
     from test_unlearn_model import grouped_batch, options
+    from basicsr_unlearn import compat
     from basicsr_unlearn.models.unlearn_model import UnlearnModel
 
     dist.init_process_group('gloo', timeout=datetime.timedelta(seconds=30))  # a collective mismatch fails, not hangs
@@ -117,7 +118,8 @@ DDP_WORKER = textwrap.dedent("""
                          'stopped': model.stop_reason, 'log': model.log_dict}
     if rank == 0:
         (out / 'results.json').write_text(json.dumps(results))
-    dist.destroy_process_group()
+    del model  # no DDP module may outlive the group (compat.destroy_process_group)
+    compat.destroy_process_group()
 """)
 
 
