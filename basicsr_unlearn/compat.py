@@ -137,7 +137,8 @@ def destroy_process_group() -> None:
     Unreachable objects are collected first: a DDP module caught in a reference cycle (a model and its hooks)
     would otherwise be freed after its group is gone, and its destructor aborts the process at exit (measured: 3
     of 6 runs of a 2-rank gloo test under torch 2.14 on CPU; ``terminate called without an active exception``,
-    exit -6). Drop your own references to DDP-wrapped models before calling this.
+    exit -6). Drop your own references to DDP-wrapped models before calling this. After a failed launch the
+    exception's traceback still holds the model, so such a run may still end with -6 instead of exit code 1.
     """
     if dist.is_available() and dist.is_initialized():
         gc.collect()
