@@ -10,7 +10,8 @@ saw, checked disjoint from the train set by photo name; their GT is never used) 
 ``datasets`` entry, one per task). Each student (a DistillModel with a registered attack, ``basicsr_unlearn/attacks``)
 trains on random crops of the query images and of the teacher's stored targets for them (the attacker queries the
 released model once per whole image, as a thief paying per query would, and keeps what it got back: the output and
-the exposed taps, after the attack's own observation; :class:`StoredAnswers`) and is validated on 64-px crops
+the exposed taps, after the attack's own observation; :class:`StoredAnswers`) and is validated on the evaluation
+sets (whole images; 64-px centre crops in ``--quick``), the last validation being its result
 (:func:`validation_points`: every ``val_every`` iterations over the last 20%, every ``max(val_every, iters // 10)``
 before, and at 50% and 80%); it counts as converged when its mean val PSNR stays within 0.1 dB over its last 20% of
 iterations (:func:`plateau`, recorded per student). A student drop is paired by seed: the student distilled by the
@@ -23,8 +24,9 @@ Presets (one BLAS thread per worker; ``--workers 2`` uses both cores):
 
 - ``--quick`` (the demo, <= 5 min): 1 seed, the shipped defence, every attack, 60 iterations (students NOT converged,
   the report says so), 64-px val crops.
-- ``--standard`` (65 min on 2 cores with ``--workers 2``: 42 students of ~180 s, ~0.07 s per iteration at batch 4,
-  32-px patches): 3 seeds, the clean and the shipped teacher, every attack, 2400 iterations, whole val images.
+- ``--standard`` (~57 min on 2 cores with ``--workers 2``: 60 students of ~110 s, ~0.034 s per iteration at batch 4,
+  32-px patches, two at a time): 3 seeds, the clean teacher and two blocks (the shipped one and ``STRONGER``, the
+  default is re-chosen from them), every attack, 3000 iterations, whole val images.
 - ``--full`` (~1 day): 3 seeds, 16 defences (both layouts, both modes, latent too, the randomised block), both
   student archs, 3000 iterations.
 
@@ -69,6 +71,7 @@ UNPROTECTED_TEACHER_TAP = 'decoder_level2'  # a teacher layer the studied defenc
 ATTACKS = ('out', 'feat', 'feat+out', 'inverse+feat+out', 'whiten+feat+out', 'lowpass+feat+out', 'skeptical',
            'unprotected-feat+out')
 SHIPPED = {'targets': ['decoder_level1'], 'k': 2, 'h': 8.0, 'layout': 'channel_map', 'mode': 'exposed'}
+STRONGER = {**SHIPPED, 'k': 4, 'h': 32.0}  # the --standard challenger: twice the rank, four times the gain
 RANDOMISED = {'targets': ['decoder_level1'], 'layout': 'channel_map', 'mode': 'exposed',
               'randomize': {'k': [1, 4], 'h': [2.0, 16.0]}, 'seed': 1234}
 
@@ -86,15 +89,17 @@ class Preset:
 
 PRESETS = {
     'quick': Preset(iters=60, seeds=1, val_every=10, eval_crop=64, students=('restormer-tiny',)),
-    'standard': Preset(iters=2400, seeds=3, val_every=60, eval_crop=0, students=('restormer-tiny',)),
+    'standard': Preset(iters=3000, seeds=3, val_every=75, eval_crop=0, students=('restormer-tiny',)),
     'full': Preset(iters=3000, seeds=3, val_every=75, eval_crop=0, students=tuple(STUDENTS)),
 }
 
 
 def defence_grid(preset: str) -> list[dict]:
     """ASVP blocks swept by the preset (the clean teacher is always run too)."""
-    if preset in ('quick', 'standard'):
+    if preset == 'quick':
         return [SHIPPED]
+    if preset == 'standard':
+        return [SHIPPED, STRONGER]
     grid = []
     for target, layout in itertools.product(['decoder_level1', 'latent'], ['channel_space', 'channel_map']):
         grid += [{'targets': [target], 'k': k, 'h': h, 'layout': layout, 'mode': 'exposed'}
@@ -358,10 +363,11 @@ def train_student(run: tuple) -> dict:
         model.feed_data(next(stream))
         model.optimize_parameters(it)
         if it in points:
-            curve.append((it, mean_psnr(per_task(model, ctx['curve_loader']))))
+            metrics = per_task(model, ctx['val_loader'])
+            curve.append((it, mean_psnr(metrics)))
     converged, spread = plateau(curve)
     return {'defence': label, 'student': student, 'attack': attack, 'seed': seed, 'derived_from_clean': False,
-            'metrics': per_task(model, ctx['val_loader']), 'curve': curve, 'converged': converged,
+            'metrics': metrics, 'curve': curve, 'converged': converged,
             'tail_range_db': spread, 'seconds': time.perf_counter() - started}
 
 
@@ -465,7 +471,7 @@ def report_markdown(results: dict) -> str:
             f"last 20% of iterations): {n_converged}/{n_students}. Drop = PSNR (mean over tasks) of the student "
             f"distilled by the same attack and seed from the clean teacher minus that from the protected teacher "
             f"(positive = the defence hurts the student); mean ± std over seeds; `stops` = drop >= 1 dB and > 2 std; "
-            f"curve drop = the same difference on the validation curve (64-px crops), mean over seeds. "
+            f"curve drop = the same difference on the validation curve, mean over seeds. "
             f"Unprotected forward {results['clean_ms_per_image']:.1f} ms/img; study runtime "
             f"{results['runtime_s'] / 60:.1f} min.\n\n"
             f"## Verdict per attack, best defence within 0.1 dB teacher change\n\nBest defence: {best_text}\n\n"
@@ -526,7 +532,6 @@ def main() -> None:  # noqa: C901  (one linear script)
     if not val_sets:
         raise ValueError(f'{args.opt}: datasets needs at least one val set besides datasets.train and datasets.query')
     val_loader = DataLoader(ConcatDataset(val_sets), batch_size=8 if preset.eval_crop else 1)
-    curve_sets = [CenterCrop(build_dataset({**block, 'phase': 'val', 'scale': 1}), 64) for block in blocks.values()]
     timing_images = [val_sets[i % len(val_sets)][i // len(val_sets)]['lq'][None] for i in range(8)
                      if i // len(val_sets) < len(val_sets[i % len(val_sets)])]
     work = osp.join(args.out, 'runs')
@@ -574,7 +579,7 @@ def main() -> None:  # noqa: C901  (one linear script)
 
     CONTEXT.update(preset=preset, work=work, teacher_block=teacher_block, teacher_path=teacher_path,
                    query_images=query_images, patch=args.patch, batch=args.batch, val_loader=val_loader,
-                   curve_loader=DataLoader(ConcatDataset(curve_sets), batch_size=8), answers={})
+                   answers={})
     runs, derived = [], []
     for block, student, attack in tqdm(list(itertools.product(defences, preset.students, attacks)),
                                        desc='teacher answers', leave=False):
