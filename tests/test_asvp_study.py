@@ -105,6 +105,16 @@ def test_validation_points_are_dense_in_the_tail_and_hit_50_and_80_percent(iters
     assert sum(it >= 0.8 * iters for it in points) >= 2
 
 
+def test_standard_grid_pits_the_shipped_block_against_a_challenger_in_exposed_mode():
+    study = load_study()
+    shipped = load_options(str(ROOT / 'options/_base_/asvp/asvp_promptir-tiny_exposed.yml'))['asvp']
+    assert {key: shipped[key] for key in study.SHIPPED} == study.SHIPPED  # the study measures what ships
+    grid = study.defence_grid('standard')
+    assert grid[0] == study.SHIPPED and len(grid) >= 2 and len({study.defence_label(b) for b in grid}) == len(grid)
+    assert all(b['mode'] == 'exposed' for b in grid)  # teacher bit-identical: every block is within 0.1 dB
+    assert study.defence_grid('quick') == [study.SHIPPED]
+
+
 def test_best_points_respect_the_teacher_budget_and_average_over_attacks():
     study = load_study()
     cells = [cell('clean', 'feat', 0.0),

@@ -25,7 +25,7 @@ Presets (one BLAS thread per worker; ``--workers 2`` uses both cores):
 - ``--quick`` (the demo, <= 5 min): 1 seed, the shipped defence, every attack, 60 iterations (students NOT converged,
   the report says so), 64-px val crops.
 - ``--standard`` (~57 min on 2 cores with ``--workers 2``: 60 students of ~110 s, ~0.034 s per iteration at batch 4,
-  32-px patches, two at a time): 3 seeds, the clean teacher and two blocks (the shipped one and ``STRONGER``, the
+  32-px patches, two at a time): 3 seeds, the clean teacher and two blocks (the shipped one and ``CHALLENGER``, the
   default is re-chosen from them), every attack, 3000 iterations, whole val images.
 - ``--full`` (~1 day): 3 seeds, 16 defences (both layouts, both modes, latent too, the randomised block), both
   student archs, 3000 iterations.
@@ -71,7 +71,7 @@ UNPROTECTED_TEACHER_TAP = 'decoder_level2'  # a teacher layer the studied defenc
 ATTACKS = ('out', 'feat', 'feat+out', 'inverse+feat+out', 'whiten+feat+out', 'lowpass+feat+out', 'skeptical',
            'unprotected-feat+out')
 SHIPPED = {'targets': ['decoder_level1'], 'k': 2, 'h': 8.0, 'layout': 'channel_map', 'mode': 'exposed'}
-STRONGER = {**SHIPPED, 'k': 4, 'h': 32.0}  # the --standard challenger: twice the rank, four times the gain
+CHALLENGER = {**SHIPPED, 'k': 4, 'h': 32.0}  # --standard pits it against SHIPPED (twice the rank, 4x the gain)
 RANDOMISED = {'targets': ['decoder_level1'], 'layout': 'channel_map', 'mode': 'exposed',
               'randomize': {'k': [1, 4], 'h': [2.0, 16.0]}, 'seed': 1234}
 
@@ -99,7 +99,7 @@ def defence_grid(preset: str) -> list[dict]:
     if preset == 'quick':
         return [SHIPPED]
     if preset == 'standard':
-        return [SHIPPED, STRONGER]
+        return [SHIPPED, CHALLENGER]
     grid = []
     for target, layout in itertools.product(['decoder_level1', 'latent'], ['channel_space', 'channel_map']):
         grid += [{'targets': [target], 'k': k, 'h': h, 'layout': layout, 'mode': 'exposed'}
