@@ -63,7 +63,7 @@ def gram_vs_svd(quick: bool) -> dict[str, float]:
 
 def protected_forward(net: torch.nn.Module, x: torch.Tensor, layout: str, mode: str) -> tuple[float, float]:
     """Seconds of one forward of ``net`` under ASVP (``layout``, ``mode``), and of the hook work alone."""
-    defense = ASVP([TARGET], k=2, h=8.0, layout=layout, mode=mode.removesuffix('+read')).attach(net)
+    defense = ASVP([TARGET], k=4, h=32.0, layout=layout, mode=mode.removesuffix('+read')).attach(net)
     tap = {}
     handle = getattr(net, TARGET).register_forward_hook(lambda m, a, o: tap.update(o=o))
     start = time.perf_counter()
@@ -108,7 +108,7 @@ def main() -> dict[str, float]:
                      f'{hook[layout, mode] * 1e3:.0f}', f'{1 + hook[layout, mode] / plain:.3f}'])
         ratios[f'ASVP {layout} {mode} / plain forward (PromptIR {size}px)'] = 1 + hook[layout, mode] / plain
     print(f'\nPromptIR (published size, {sum(p.numel() for p in net.parameters()) / 1e6:.1f}M params), {size}x{size}, '
-          f'one thread, ASVP k2 h8 at {TARGET}; unprotected forward {plain:.2f} s/image, best of {args.rounds} '
+          f'one thread, ASVP k4 h32 at {TARGET}; unprotected forward {plain:.2f} s/image, best of {args.rounds} '
           'interleaved round(s)\n')
     print(markdown_table(['layout', 'mode', 'forward s/img', 'x plain (whole)', 'hook ms/img',
                           'x plain (1 + hook/plain)'], rows))

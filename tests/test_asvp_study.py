@@ -147,7 +147,7 @@ def test_quick_study_writes_report(demo_root, tmp_path):
     tasks = set(report['teacher_clean'])
     assert tasks == {'noise15', 'noise25', 'noise50', 'rain', 'haze'}
     assert {c['attack'] for c in report['cells']} == set(load_study().ATTACKS)
-    assert {c['defence'] for c in report['cells']} == {'clean', 'exposed/channel_map/decoder_level1/k2h8'}
+    assert {c['defence'] for c in report['cells']} == {'clean', 'exposed/channel_map/decoder_level1/k4h32'}
     assert report['query_photos'] and not set(report['query_photos']) & set(SPLITS['train'])
     for label, d in report['defences'].items():
         assert d['ms_per_image'] > 0 and d['overhead_ratio'] > 0
