@@ -11,6 +11,7 @@ reference only); ``exposed+read`` also reads the perturbed tap once, what a feat
 """
 import argparse
 import time
+from pathlib import Path
 
 # isort: off
 import basicsr_unlearn  # noqa: F401  (plugin first)
@@ -18,10 +19,13 @@ import basicsr_unlearn  # noqa: F401  (plugin first)
 import torch
 
 from basicsr_unlearn.archs.promptir_arch import PromptIR
+from basicsr_unlearn.config import load_options
 from basicsr_unlearn.defenses.asvp import ASVP, scale_top_singular
 from basicsr_unlearn.evaluation.report import markdown_table
 
-TARGET = 'decoder_level1'
+SHIPPED_YML = Path(__file__).resolve().parents[1] / 'options/_base_/asvp/asvp_promptir-tiny_exposed.yml'
+SHIPPED = load_options(str(SHIPPED_YML))['asvp']  # the block measured: the shipped default
+TARGET = SHIPPED['targets'][0]
 CONFIGS = [(layout, mode) for layout in ('channel_space', 'channel_map') for mode in ('exposed', 'exposed+read',
                                                                                          'inline')]
 
@@ -63,7 +67,8 @@ def gram_vs_svd(quick: bool) -> dict[str, float]:
 
 def protected_forward(net: torch.nn.Module, x: torch.Tensor, layout: str, mode: str) -> tuple[float, float]:
     """Seconds of one forward of ``net`` under ASVP (``layout``, ``mode``), and of the hook work alone."""
-    defense = ASVP([TARGET], k=4, h=32.0, layout=layout, mode=mode.removesuffix('+read')).attach(net)
+    defense = ASVP([TARGET], k=SHIPPED['k'], h=SHIPPED['h'], layout=layout,
+                   mode=mode.removesuffix('+read')).attach(net)
     tap = {}
     handle = getattr(net, TARGET).register_forward_hook(lambda m, a, o: tap.update(o=o))
     start = time.perf_counter()
@@ -108,7 +113,8 @@ def main() -> dict[str, float]:
                      f'{hook[layout, mode] * 1e3:.0f}', f'{1 + hook[layout, mode] / plain:.3f}'])
         ratios[f'ASVP {layout} {mode} / plain forward (PromptIR {size}px)'] = 1 + hook[layout, mode] / plain
     print(f'\nPromptIR (published size, {sum(p.numel() for p in net.parameters()) / 1e6:.1f}M params), {size}x{size}, '
-          f'one thread, ASVP k4 h32 at {TARGET}; unprotected forward {plain:.2f} s/image, best of {args.rounds} '
+          f"one thread, ASVP k{SHIPPED['k']} h{SHIPPED['h']:g} at {TARGET};"
+          f' unprotected forward {plain:.2f} s/image, best of {args.rounds} '
           'interleaved round(s)\n')
     print(markdown_table(['layout', 'mode', 'forward s/img', 'x plain (whole)', 'hook ms/img',
                           'x plain (1 + hook/plain)'], rows))
